@@ -1,0 +1,79 @@
+"""Thread policy and build/run-time configuration report."""
+import os
+import platform
+import sys
+
+from .kernel import LEVELS, kernels, _baseline
+
+__all__ = ["set_num_threads", "get_num_threads", "resolve_threads", "show_config", "config"]
+
+# Inputs smaller than this many elements run on one thread: an OpenMP
+# fork/join costs a few microseconds, more than the work it would split.
+SERIAL_BELOW = 1 << 15
+
+_num_threads = None  # set by set_num_threads(); None = follow OpenMP
+
+
+def _count(n, name):
+    """Turn a user thread count into a positive count (negative counts back
+    from the maximum: -1 = all, -2 = all but one)."""
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
+        raise TypeError(f"{name} must be an int or None, got {type(n).__name__} {n!r}")
+    n = n.__index__()
+    if n == 0:
+        raise ValueError(f"{name}=0 is not a thread count: use a positive count, or -1 for all cores")
+    if n < 0:
+        avail = kernels.max_threads()
+        count = avail + 1 + n
+        if count < 1:
+            raise ValueError(f"{name}={n} leaves no thread: only {avail} available")
+        return count
+    return n
+
+
+def set_num_threads(n):
+    """Default thread count for gncpu calls. None restores the OpenMP default
+    (OMP_NUM_THREADS, or what threadpoolctl's limit sets)."""
+    global _num_threads
+    _num_threads = None if n is None else _count(n, "n")
+
+
+def get_num_threads():
+    """Threads a gncpu call uses by default (large inputs)."""
+    return _num_threads if _num_threads is not None else kernels.max_threads()
+
+
+def resolve_threads(num_threads, elements):
+    """Threads for one call: the per-call value, else the default; one thread
+    for small inputs."""
+    threads = get_num_threads() if num_threads is None else _count(num_threads, "num_threads")
+    return 1 if elements < SERIAL_BELOW else threads
+
+
+def config():
+    """What was built and what runs, as a dict (see show_config)."""
+    from . import __version__
+
+    info = kernels.build_info()
+    cpu_level = _baseline.cpu_level()
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "compiler": info["compiler"],
+        "openmp": info["openmp"],
+        "threads": get_num_threads(),
+        "omp_max_threads": kernels.max_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "kernel_variant": info["variant"],
+        "cpu_supports": LEVELS[cpu_level] if cpu_level < len(LEVELS) else LEVELS[-1],
+        "cflags": info["cflags"],
+        "serial_below_elements": SERIAL_BELOW,
+        "chunk_elements": info["chunk"],
+    }
+
+
+def show_config():
+    """Print the configuration: version, compiler, OpenMP, threads, SIMD variant."""
+    for key, value in config().items():
+        print(f"{key:>22}: {value}")

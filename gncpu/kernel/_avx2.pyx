@@ -1,0 +1,2 @@
+# The avx2 build of the kernels; setup.py gives it its compiler flags.
+include "_group_norm.pxi"

@@ -1,0 +1,2 @@
+# The avx512 build of the kernels; setup.py gives it its compiler flags.
+include "_group_norm.pxi"
