@@ -432,6 +432,10 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
     cdef const real* src = x
     if buf != NULL:
         src = buf
+    if threads == 1:  # no parallel region at all: opening one costs ~1 us
+        for p in range(pairs):
+            normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
+        return 0
     if pairs >= threads and (pairs % threads == 0 or pairs >= 8 * threads):
         # Enough (sample, group) pairs to balance: each thread finishes whole
         # groups, so the second read of a group hits its cache.
@@ -637,9 +641,16 @@ cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const rea
         free(parts)
         free(table)
         return -1
-    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
-        failed |= stats_blocks_share(x, skip, skip_bias, buf, t, threads, blocks, g, parts)
-    if failed == 0:
+    if threads == 1:  # no parallel region at all: opening one costs ~1 us
+        failed = stats_blocks_share(x, skip, skip_bias, buf, 0, 1, blocks, g, parts)
+    else:
+        for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+            failed |= stats_blocks_share(x, skip, skip_bias, buf, t, threads, blocks, g, parts)
+    if failed == 0 and threads == 1:
+        for p in range(n * g.groups):
+            merge_blocks_at(src, p, g, parts, weight, bias, table)
+        apply_blocks_share(src, y, 0, 1, blocks, g, table)
+    elif failed == 0:
         for p in prange(n * g.groups, num_threads=threads, schedule="static"):
             merge_blocks_at(src, p, g, parts, weight, bias, table)
         for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
