@@ -175,8 +175,8 @@ cdef inline double inv_std(Moments m, double eps) noexcept nogil:
 cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t width,
                                   Py_ssize_t stride) noexcept nogil:
     """Two-pass float64 moments of `rows` runs of `width` elements, `stride`
-    apart: the fallback when the fast sums overflowed (|x - centre| beyond
-    ~1e19 in float32, where its square is not representable)."""
+    apart: the fallback when the fast sums cannot be trusted (see
+    needs_exact_moments)."""
     cdef double s = 0, ss = 0, d
     cdef Py_ssize_t r, i
     cdef Moments m
@@ -193,9 +193,20 @@ cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t wid
     return m
 
 
-cdef inline bint overflowed(Moments m) noexcept nogil:
-    # finite data (finite mean) whose squared deviations overflowed
-    return isfinite(m.mean) and not isfinite(m.m2)
+cdef inline bint needs_exact_moments(const real* x, Moments m, double eps) noexcept nogil:
+    """True when the working-precision sums may be wrong: they overflowed
+    (|x - centre| beyond ~1e19 in float32, or values near the float32
+    maximum whose differences overflow), or the data has NaN/Inf (the float64
+    pass then reproduces NaN); or, in float32, the variance is so small that
+    squared deviations may have underflowed (|x - mean| below ~1e-19) and eps
+    does not dominate it. Never true for ordinary data: it costs one more
+    pass over the group."""
+    if not (isfinite(m.mean) and isfinite(m.m2)):
+        return True
+    if real is float:
+        return m.m2 / m.count + eps < 1e-30
+    else:
+        return False
 
 
 # ---------------------------------------------------------------- epilogue
@@ -352,8 +363,9 @@ cdef inline real* shift_mut(real* p, Py_ssize_t by) noexcept nogil:
     return p + by if p != NULL else NULL
 
 
-cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m) noexcept nogil:
-    if overflowed(m):
+cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m,
+                                 double eps) noexcept nogil:
+    if needs_exact_moments(src, m, eps):
         return exact_moments(src, 1, length, length)
     return m
 
@@ -375,7 +387,7 @@ cdef inline void normalize_group(const real* x, real* y, const real* skip, real*
         merge_moments(&m, chunk_stats(x + offset, shift(skip, offset),
                                       shift(skip_bias, first_channel), shift_mut(buf, offset),
                                       start, min(start + CHUNK, g.length), g.hw))
-    m = finish_group(src, g.length, m)
+    m = finish_group(src, g.length, m, g.eps)
     # Apply the chunks last-read first: a group larger than L2 then still
     # finds its most recent ~L2 worth of chunks there.
     for k in range(g.chunks_per_group - 1, -1, -1):
@@ -402,7 +414,7 @@ cdef inline void merge_group_at(const real* src, Py_ssize_t p, GroupsNCHW* g,
     cdef Py_ssize_t k, first = p * g.chunks_per_group
     for k in range(first + 1, first + g.chunks_per_group):
         merge_moments(&parts[first], parts[k])
-    parts[first] = finish_group(src + p * g.length, g.length, parts[first])
+    parts[first] = finish_group(src + p * g.length, g.length, parts[first], g.eps)
 
 
 cdef inline void apply_chunk_at(const real* src, real* y, const real* weight, const real* bias,
@@ -588,7 +600,7 @@ cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, M
         m = combine_equal(first, full, g.groups)
     if full < g.blocks_per_sample:
         merge_moments(&m, first[full * g.groups])
-    if overflowed(m):
+    if needs_exact_moments(src, m, g.eps):
         m = exact_moments(src + n * g.rows * g.channels + k * g.channels_per_group, g.rows,
                           g.channels_per_group, g.channels)
     rstd = inv_std(m, g.eps)
