@@ -1,0 +1,170 @@
+"""Run gncpu's CUDA kernels on the CPU: build the unchanged group_norm.cu with
+cuda_shim.h into a shared library, and execute the launches of
+gncpu.cuda.plan on NumPy arrays through it.
+
+    lib = build()                       # cached under the temp dir
+    y = group_norm(lib, x, 4, weight, bias, activation="silu")
+
+The plan is the one the CuPy launcher uses; every launch's arguments are
+checked against the kernel's C signature (read from the compiled source),
+which CuPy itself would not do.
+"""
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from gncpu.cuda import plan as cuda_plan
+from gncpu.cuda import source_path
+
+HERE = Path(__file__).resolve().parent
+SOURCES = (HERE / "cuda_shim.h", HERE / "emulated_kernels.cpp")
+CXXFLAGS = ("-std=c++20", "-O2", "-g", "-fPIC", "-shared", "-pthread",
+            "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas")
+# ThreadSanitizer finds missing barriers; -fsanitize=alignment finds a float4
+# access to an address that is not 16-byte aligned (a fault on a GPU).
+SANITIZER_FLAGS = ("-fsanitize=thread,alignment", "-fno-sanitize-recover=all", "-O1")
+
+_SCALAR_CODES = {"I": np.uint32, "i": np.int32, "Q": np.uint64, "f": np.float32}
+_CTYPES = {"I": ctypes.c_uint32, "i": ctypes.c_int32, "Q": ctypes.c_uint64, "f": ctypes.c_float}
+
+
+def compiler():
+    """The C++ compiler, or None."""
+    return os.environ.get("CXX") or shutil.which("g++")
+
+
+def cache_dir():
+    return Path(os.environ.get("GNCPU_EMULATION_CACHE", Path(tempfile.gettempdir()) / "gncpu-cuda-emulation"))
+
+
+def library_path(sanitize=False):
+    """Build (once per source content and flags) and return the library path."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (g++ or $CXX)")
+    flags = CXXFLAGS + (SANITIZER_FLAGS if sanitize else ())
+    digest = hashlib.sha256()
+    for path in SOURCES + (source_path(),):
+        digest.update(path.read_bytes())
+    digest.update(" ".join((cxx,) + flags).encode())
+    out = cache_dir() / f"emulated_kernels_{'tsan_' if sanitize else ''}{digest.hexdigest()[:16]}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        cmd = [cxx, *flags, f"-I{source_path().parent}", str(HERE / "emulated_kernels.cpp"), "-o", str(tmp)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"building the emulation failed:\n{' '.join(cmd)}\n{result.stderr}")
+        os.replace(tmp, out)  # atomic: concurrent builders never see half a file
+    return out
+
+
+class EmulatedKernels:
+    """The compiled kernels, launched like a GPU's."""
+
+    def __init__(self, path):
+        self._lib = ctypes.CDLL(str(path))
+        self._lib.emu_signature.restype = ctypes.c_char_p
+        self._lib.emu_signature.argtypes = [ctypes.c_char_p]
+        self._lib.emu_kernel_name.restype = ctypes.c_char_p
+        self._lib.emu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 4 + [ctypes.c_void_p]
+        self._lib.emu_launch.restype = ctypes.c_int
+        self._lib.emu_set_barrier_timeout.argtypes = [ctypes.c_double]
+
+    def kernel_names(self):
+        return [self._lib.emu_kernel_name(i).decode() for i in range(self._lib.emu_kernel_count())]
+
+    def signature(self, name):
+        sig = self._lib.emu_signature(name.encode())
+        if sig is None:
+            raise KeyError(f"the .cu defines no kernel {name!r}")
+        return sig.decode()
+
+    def set_barrier_timeout(self, seconds):
+        self._lib.emu_set_barrier_timeout(seconds)
+
+    def launch(self, launch, buffers):
+        """Run one plan Launch; buffer-name arguments are bound from `buffers`."""
+        signature = self.signature(launch.kernel)
+        if len(signature) != len(launch.args):
+            raise TypeError(f"{launch.kernel} takes {len(signature)} arguments, the plan passes {len(launch.args)}")
+        values = []
+        for index, (code, arg) in enumerate(zip(signature, launch.args)):
+            if code == "p":
+                if not isinstance(arg, str):
+                    raise TypeError(f"{launch.kernel} argument {index} is a pointer, the plan passes {arg!r}")
+                values.append(ctypes.c_void_p(buffers[arg].ctypes.data))
+            else:
+                if not isinstance(arg, _SCALAR_CODES[code]):
+                    raise TypeError(f"{launch.kernel} argument {index} is C type {code!r}, "
+                                    f"the plan passes {type(arg).__name__} {arg!r}")
+                values.append(_CTYPES[code](arg.item()))
+        params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        (grid_x, grid_y, grid_z), (block_x, block_y, block_z) = launch.grid, launch.block
+        if block_y != 1 or block_z != 1:
+            raise ValueError(f"the emulation runs 1-D blocks, the plan asks {launch.block}")
+        status = self._lib.emu_launch(launch.kernel.encode(), grid_x, grid_y, grid_z, block_x, params)
+        if status:
+            raise KeyError(f"the .cu defines no kernel {launch.kernel!r}")
+
+    def run(self, plan, buffers):
+        for launch in plan.launches:
+            self.launch(launch, buffers)
+
+
+_loaded = {}
+
+
+def build(sanitize=False):
+    """EmulatedKernels for the current sources (built once, loaded once)."""
+    if sanitize not in _loaded:
+        _loaded[sanitize] = EmulatedKernels(library_path(sanitize))
+    return _loaded[sanitize]
+
+
+def aligned_empty(count, offset_floats=0):
+    """float32 array of `count` elements starting `offset_floats` floats past a
+    64-byte boundary (to test misaligned data)."""
+    raw = np.empty(count + offset_floats + 16, np.float32)
+    start = (-raw.ctypes.data % 64) // 4 + offset_floats
+    return raw[start:start + count]
+
+
+def group_norm(kernels, x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None,
+               channels_last=False, chunk_elements=cuda_plan.CHUNK_ELEMENTS, x_offset=0, y_offset=0):
+    """What gncpu.cuda.group_norm computes on a GPU, computed by the emulated
+    kernels. x_offset / y_offset (in floats) place the input / output copy
+    off a 16-byte boundary, to exercise the scalar kernels."""
+    x = np.asarray(x, dtype=np.float32)
+    x_dev = aligned_empty(x.size, x_offset).reshape(x.shape)
+    x_dev[...] = x
+    y_dev = aligned_empty(x.size, y_offset).reshape(x.shape)
+    y_dev[...] = np.nan  # anything the kernels fail to write shows up
+    _, channels, _ = cuda_plan.flatten_shape(x.shape, channels_last)
+    plan = cuda_plan.plan_for_arrays(x.shape, num_groups, eps=eps, channels_last=channels_last,
+                                     silu=activation == "silu", x_address=x_dev.ctypes.data,
+                                     y_address=y_dev.ctypes.data, chunk_elements=chunk_elements)
+    buffers = {
+        cuda_plan.X: x_dev,
+        cuda_plan.Y: y_dev,
+        cuda_plan.WEIGHT: np.ones(channels, np.float32) if weight is None else np.asarray(weight, np.float32),
+        cuda_plan.BIAS: np.zeros(channels, np.float32) if bias is None else np.asarray(bias, np.float32),
+        cuda_plan.PARTIALS: np.full(max(plan.partials_floats, 1), np.nan, np.float32),
+        cuda_plan.COEFFS: aligned_empty(max(plan.coeffs_floats, 4)),
+    }
+    buffers[cuda_plan.COEFFS][...] = np.nan
+    kernels.run(plan, buffers)
+    return y_dev.copy(), plan
+
+
+if __name__ == "__main__":  # build and list, e.g. to warm the cache
+    kernels = build(sanitize="--sanitize" in sys.argv)
+    for name in kernels.kernel_names():
+        print(name, kernels.signature(name))
