@@ -14,7 +14,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,12 +23,11 @@ from gncpu.cuda import plan as cuda_plan
 from gncpu.cuda import source_path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "cuda_shim.h", HERE / "emulated_kernels.cpp")
-CXXFLAGS = ("-std=c++20", "-O2", "-g", "-fPIC", "-shared", "-pthread",
-            "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas")
+COMMON_FLAGS = ("-std=c++20", "-g", "-pthread", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas")
+LIBRARY_FLAGS = ("-O2", "-fPIC", "-shared")
 # ThreadSanitizer finds missing barriers; -fsanitize=alignment finds a float4
 # access to an address that is not 16-byte aligned (a fault on a GPU).
-SANITIZER_FLAGS = ("-fsanitize=thread,alignment", "-fno-sanitize-recover=all", "-O1")
+SANITIZER_FLAGS = ("-O1", "-fsanitize=thread,alignment", "-fno-sanitize-recover=all")
 
 _SCALAR_CODES = {"I": np.uint32, "i": np.int32, "Q": np.uint64, "f": np.float32}
 _CTYPES = {"I": ctypes.c_uint32, "i": ctypes.c_int32, "Q": ctypes.c_uint64, "f": ctypes.c_float}
@@ -44,26 +42,38 @@ def cache_dir():
     return Path(os.environ.get("GNCPU_EMULATION_CACHE", Path(tempfile.gettempdir()) / "gncpu-cuda-emulation"))
 
 
-def library_path(sanitize=False):
-    """Build (once per source content and flags) and return the library path."""
+def _build(name, sources, flags):
+    """Compile `sources` (with the kernel source's folder on the include
+    path) once per content and flags; return the cached artefact's path."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (g++ or $CXX)")
-    flags = CXXFLAGS + (SANITIZER_FLAGS if sanitize else ())
+    flags = COMMON_FLAGS + flags
     digest = hashlib.sha256()
-    for path in SOURCES + (source_path(),):
+    for path in (HERE / "cuda_shim.h", source_path(), *sources):
         digest.update(path.read_bytes())
     digest.update(" ".join((cxx,) + flags).encode())
-    out = cache_dir() / f"emulated_kernels_{'tsan_' if sanitize else ''}{digest.hexdigest()[:16]}.so"
+    out = cache_dir() / f"{name}_{digest.hexdigest()[:16]}"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [cxx, *flags, f"-I{source_path().parent}", str(HERE / "emulated_kernels.cpp"), "-o", str(tmp)]
+        cmd = [cxx, *flags, f"-I{source_path().parent}", *map(str, sources), "-o", str(tmp)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"building the emulation failed:\n{' '.join(cmd)}\n{result.stderr}")
         os.replace(tmp, out)  # atomic: concurrent builders never see half a file
     return out
+
+
+def library_path():
+    """The emulated kernels as a shared library for ctypes."""
+    return _build("emulated_kernels.so", (HERE / "emulated_kernels.cpp",), LIBRARY_FLAGS)
+
+
+def sanitized_replay_path():
+    """The emulated kernels and replay_main.cpp as an executable built with
+    ThreadSanitizer and the alignment sanitizer."""
+    return _build("replay_tsan", (HERE / "emulated_kernels.cpp", HERE / "replay_main.cpp"), SANITIZER_FLAGS)
 
 
 class EmulatedKernels:
@@ -119,13 +129,56 @@ class EmulatedKernels:
             self.launch(launch, buffers)
 
 
+class SanitizedReplay:
+    """The same launches, run by the sanitized replay executable in a child
+    process; any ThreadSanitizer or alignment report fails the run."""
+
+    def __init__(self, path, timeout=600):
+        self.path = path
+        self.timeout = timeout
+
+    def run(self, plan, buffers):
+        with tempfile.TemporaryDirectory() as tmp:
+            lines = []
+            for name, array in buffers.items():
+                offset = (array.ctypes.data % 64) // 4
+                path = Path(tmp, name)
+                np.ascontiguousarray(array, np.float32).tofile(path)
+                lines.append(f"buffer {name} {array.size} {offset} {path}")
+            for launch in plan.launches:
+                words = [launch.kernel, *map(str, launch.grid[:3]), str(launch.block[0])]
+                for arg in launch.args:
+                    words.append(_replay_word(arg))
+                lines.append("launch " + " ".join(words))
+            for name in buffers:
+                lines.append(f"dump {name} {Path(tmp, name + '.out')}")
+            env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1")
+            result = subprocess.run([str(self.path)], input="\n".join(lines) + "\n", capture_output=True,
+                                    text=True, timeout=self.timeout, env=env)
+            if result.returncode or "WARNING: ThreadSanitizer" in result.stderr or "runtime error" in result.stderr:
+                raise AssertionError(f"sanitized emulation failed (exit {result.returncode}):\n{result.stderr}")
+            for name, array in buffers.items():
+                array[...] = np.fromfile(Path(tmp, name + ".out"), np.float32).reshape(array.shape)
+
+
+def _replay_word(arg):
+    if isinstance(arg, str):
+        return f"buf:{arg}"
+    if isinstance(arg, np.float32):
+        return f"f32:{int(arg.view(np.uint32))}"
+    kind = {np.uint32: "u32", np.int32: "i32", np.uint64: "u64"}[type(arg)]
+    return f"{kind}:{int(arg)}"
+
+
 _loaded = {}
 
 
 def build(sanitize=False):
-    """EmulatedKernels for the current sources (built once, loaded once)."""
+    """Kernels to run plans with: EmulatedKernels (in process, via ctypes),
+    or SanitizedReplay (ThreadSanitizer, in a child process). Built once."""
     if sanitize not in _loaded:
-        _loaded[sanitize] = EmulatedKernels(library_path(sanitize))
+        _loaded[sanitize] = SanitizedReplay(sanitized_replay_path()) if sanitize else \
+            EmulatedKernels(library_path())
     return _loaded[sanitize]
 
 
@@ -164,7 +217,8 @@ def group_norm(kernels, x, num_groups, weight=None, bias=None, eps=1e-5, *, acti
     return y_dev.copy(), plan
 
 
-if __name__ == "__main__":  # build and list, e.g. to warm the cache
-    kernels = build(sanitize="--sanitize" in sys.argv)
+if __name__ == "__main__":  # build both artefacts (warms the cache) and list the kernels
+    build(sanitize=True)
+    kernels = build()
     for name in kernels.kernel_names():
         print(name, kernels.signature(name))
