@@ -185,7 +185,14 @@ void launch(dim3 grid, dim3 block, Kernel&& kernel)
 
 }  // namespace gncpu_emu
 
-inline void __syncthreads() { gncpu_emu::context->sync_barrier.arrive_and_wait(); }
+// GNCPU_EMU_DROP_SYNCTHREADS builds a deliberately broken emulation for a
+// negative control: ThreadSanitizer must then report the kernels' races.
+inline void __syncthreads()
+{
+#ifndef GNCPU_EMU_DROP_SYNCTHREADS
+    gncpu_emu::context->sync_barrier.arrive_and_wait();
+#endif
+}
 
 template <class T>
 T __shfl_sync(unsigned mask, T value, int source_lane, int width = 32)

@@ -70,10 +70,13 @@ def library_path():
     return _build("emulated_kernels.so", (HERE / "emulated_kernels.cpp",), LIBRARY_FLAGS)
 
 
-def sanitized_replay_path():
+def sanitized_replay_path(drop_syncthreads=False):
     """The emulated kernels and replay_main.cpp as an executable built with
-    ThreadSanitizer and the alignment sanitizer."""
-    return _build("replay_tsan", (HERE / "emulated_kernels.cpp", HERE / "replay_main.cpp"), SANITIZER_FLAGS)
+    ThreadSanitizer and the alignment sanitizer. drop_syncthreads builds the
+    negative control whose __syncthreads does nothing."""
+    extra = ("-DGNCPU_EMU_DROP_SYNCTHREADS",) if drop_syncthreads else ()
+    return _build("replay_tsan" + ("_nosync" if drop_syncthreads else ""),
+                  (HERE / "emulated_kernels.cpp", HERE / "replay_main.cpp"), SANITIZER_FLAGS + extra)
 
 
 class EmulatedKernels:
@@ -173,13 +176,14 @@ def _replay_word(arg):
 _loaded = {}
 
 
-def build(sanitize=False):
+def build(sanitize=False, drop_syncthreads=False):
     """Kernels to run plans with: EmulatedKernels (in process, via ctypes),
     or SanitizedReplay (ThreadSanitizer, in a child process). Built once."""
-    if sanitize not in _loaded:
-        _loaded[sanitize] = SanitizedReplay(sanitized_replay_path()) if sanitize else \
+    key = (sanitize, drop_syncthreads)
+    if key not in _loaded:
+        _loaded[key] = SanitizedReplay(sanitized_replay_path(drop_syncthreads)) if sanitize else \
             EmulatedKernels(library_path())
-    return _loaded[sanitize]
+    return _loaded[key]
 
 
 def aligned_empty(count, offset_floats=0):
@@ -191,10 +195,12 @@ def aligned_empty(count, offset_floats=0):
 
 
 def group_norm(kernels, x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None,
-               channels_last=False, chunk_elements=cuda_plan.CHUNK_ELEMENTS, x_offset=0, y_offset=0):
+               channels_last=False, chunk_elements=cuda_plan.CHUNK_ELEMENTS, x_offset=0, y_offset=0,
+               assume_aligned=False):
     """What gncpu.cuda.group_norm computes on a GPU, computed by the emulated
     kernels. x_offset / y_offset (in floats) place the input / output copy
-    off a 16-byte boundary, to exercise the scalar kernels."""
+    off a 16-byte boundary, to exercise the scalar kernels. assume_aligned
+    plans as if they were aligned (a negative control for the sanitizer)."""
     x = np.asarray(x, dtype=np.float32)
     x_dev = aligned_empty(x.size, x_offset).reshape(x.shape)
     x_dev[...] = x
@@ -202,8 +208,10 @@ def group_norm(kernels, x, num_groups, weight=None, bias=None, eps=1e-5, *, acti
     y_dev[...] = np.nan  # anything the kernels fail to write shows up
     _, channels, _ = cuda_plan.flatten_shape(x.shape, channels_last)
     plan = cuda_plan.plan_for_arrays(x.shape, num_groups, eps=eps, channels_last=channels_last,
-                                     silu=activation == "silu", x_address=x_dev.ctypes.data,
-                                     y_address=y_dev.ctypes.data, chunk_elements=chunk_elements)
+                                     silu=activation == "silu",
+                                     x_address=0 if assume_aligned else x_dev.ctypes.data,
+                                     y_address=0 if assume_aligned else y_dev.ctypes.data,
+                                     chunk_elements=chunk_elements)
     buffers = {
         cuda_plan.X: x_dev,
         cuda_plan.Y: y_dev,
