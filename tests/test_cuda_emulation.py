@@ -4,12 +4,13 @@ the float64 oracle."""
 import numpy as np
 import pytest
 
+from cuda_emulation import unavailable
 from gncpu import reference
 from gncpu.cuda import plan as cuda_plan
 
 driver = pytest.importorskip("cuda_emulation.driver", reason="tests/cuda_emulation is not importable")
 if driver.compiler() is None:
-    pytest.skip("no C++ compiler (g++ or $CXX) to build the CUDA emulation", allow_module_level=True)
+    unavailable("no C++ compiler (g++ or $CXX) to build the CUDA emulation")
 
 # float32 against float64; the offset-1e4 bound is the issue's (the mean
 # itself is then only known to ~5e-4 in float32: the shift keeps it out of y).

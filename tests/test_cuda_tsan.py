@@ -8,11 +8,12 @@ run on misaligned data."""
 import numpy as np
 import pytest
 
+from cuda_emulation import unavailable
 from gncpu import reference
 
 driver = pytest.importorskip("cuda_emulation.driver", reason="tests/cuda_emulation is not importable")
 if driver.compiler() is None:
-    pytest.skip("no C++ compiler (g++ or $CXX) to build the CUDA emulation", allow_module_level=True)
+    unavailable("no C++ compiler (g++ or $CXX) to build the CUDA emulation")
 
 
 def _sanitized(**kw):
@@ -20,7 +21,7 @@ def _sanitized(**kw):
         return driver.build(sanitize=True, **kw)
     except RuntimeError as exc:
         if "tsan" in str(exc).lower() or "sanitize" in str(exc).lower():
-            pytest.skip(f"the compiler cannot build with -fsanitize=thread: {exc}")
+            unavailable(f"the compiler cannot build with -fsanitize=thread: {exc}")
         raise
 
 

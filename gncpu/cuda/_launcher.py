@@ -11,10 +11,11 @@ from ._arrays import is_cuda_array
 _module = None
 _functions = {}
 
-# CuPy's RawModule compiles with NVRTC and adds '-ftz=true' and the
-# architecture of the current device itself; tests/test_cuda_nvrtc.py
-# compiles with exactly these plus those two.
-CUPY_ADDED_OPTIONS = ("-ftz=true",)
+# What CuPy's RawModule (CuPy 14, cupy/cuda/compiler.py) adds to our
+# options when it compiles with NVRTC, besides -arch=sm_XX of the current
+# device. tests/test_cuda_build.py compiles with exactly this set, and checks
+# that the installed CuPy still adds them.
+CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 
 
 def _import_cupy():
