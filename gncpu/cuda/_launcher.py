@@ -128,11 +128,9 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activatio
                          f"{' or '.join(repr(a) for a in ACTIVATIONS)}")
     if not isinstance(channels_last, (bool, np.bool_)):
         raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__} {channels_last!r}")
-    # the validators read C from axis 1: give them the shape in NCHW order
-    nchw_shape = (shape[0], shape[-1], *shape[1:-1]) if channels_last else shape
-    groups = _check_groups(num_groups, nchw_shape)
+    channels = shape[-1] if channels_last else shape[1]
+    groups = _check_groups(num_groups, shape, channels)
     eps = _check_eps(eps)
-    channels = nchw_shape[1]
     out_kind = out
     if out is not None:
         out = _to_cupy(cupy, out, "out")
