@@ -48,11 +48,11 @@ def _function(cupy, name):
 def _to_cupy(cupy, obj, name):
     if isinstance(obj, cupy.ndarray):
         return obj
-    if hasattr(obj, "__dlpack__"):
-        # DLPack, unlike __cuda_array_interface__, orders the producer's
-        # stream before CuPy's current one.
-        return cupy.from_dlpack(obj)
-    if hasattr(obj, "__cuda_array_interface__"):
+    if is_cuda_array(obj):
+        if hasattr(obj, "__dlpack__"):
+            # DLPack, unlike __cuda_array_interface__, orders the producer's
+            # stream before CuPy's current one.
+            return cupy.from_dlpack(obj)
         return cupy.asarray(obj)
     raise TypeError(f"{name} must be a CUDA array (CuPy, or an object with __cuda_array_interface__ "
                     f"or DLPack on a CUDA device), got {type(obj).__name__}")

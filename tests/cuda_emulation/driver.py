@@ -105,27 +105,35 @@ class EmulatedKernels:
 
     def launch(self, launch, buffers):
         """Run one plan Launch; buffer-name arguments are bound from `buffers`."""
-        signature = self.signature(launch.kernel)
-        if len(signature) != len(launch.args):
-            raise TypeError(f"{launch.kernel} takes {len(signature)} arguments, the plan passes {len(launch.args)}")
+        for index, arg in enumerate(launch.args):
+            if isinstance(arg, str) and arg not in buffers:
+                raise KeyError(f"{launch.kernel} argument {index}: no buffer {arg!r}")
+        args = tuple(buffers[a] if isinstance(a, str) else a for a in launch.args)
+        self.launch_raw(launch.kernel, launch.grid, launch.block, args)
+
+    def launch_raw(self, kernel, grid, block, args):
+        """Run `kernel` like CuPy's RawKernel call: NumPy arrays for pointers,
+        NumPy scalars of the kernel's exact C types for the rest."""
+        signature = self.signature(kernel)
+        if len(signature) != len(args):
+            raise TypeError(f"{kernel} takes {len(signature)} arguments, got {len(args)}")
         values = []
-        for index, (code, arg) in enumerate(zip(signature, launch.args)):
+        for index, (code, arg) in enumerate(zip(signature, args)):
             if code == "p":
-                if not isinstance(arg, str):
-                    raise TypeError(f"{launch.kernel} argument {index} is a pointer, the plan passes {arg!r}")
-                values.append(ctypes.c_void_p(buffers[arg].ctypes.data))
+                if not isinstance(arg, np.ndarray):
+                    raise TypeError(f"{kernel} argument {index} is a pointer, got {type(arg).__name__} {arg!r}")
+                values.append(ctypes.c_void_p(arg.__array_interface__["data"][0]))
             else:
                 if not isinstance(arg, _SCALAR_CODES[code]):
-                    raise TypeError(f"{launch.kernel} argument {index} is C type {code!r}, "
-                                    f"the plan passes {type(arg).__name__} {arg!r}")
+                    raise TypeError(f"{kernel} argument {index} is C type {code!r}, "
+                                    f"got {type(arg).__name__} {arg!r}")
                 values.append(_CTYPES[code](arg.item()))
         params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        (grid_x, grid_y, grid_z), (block_x, block_y, block_z) = launch.grid, launch.block
+        (grid_x, grid_y, grid_z), (block_x, block_y, block_z) = grid, block
         if block_y != 1 or block_z != 1:
-            raise ValueError(f"the emulation runs 1-D blocks, the plan asks {launch.block}")
-        status = self._lib.emu_launch(launch.kernel.encode(), grid_x, grid_y, grid_z, block_x, params)
-        if status:
-            raise KeyError(f"the .cu defines no kernel {launch.kernel!r}")
+            raise ValueError(f"the emulation runs 1-D blocks, got {block}")
+        if self._lib.emu_launch(kernel.encode(), grid_x, grid_y, grid_z, block_x, params):
+            raise KeyError(f"the .cu defines no kernel {kernel!r}")
 
     def run(self, plan, buffers):
         for launch in plan.launches:
