@@ -188,3 +188,12 @@ def test_gpu_torch_tensors(cupy):
     ycl = gncpu.cuda.group_norm(xcl, 4, w, b)
     assert ycl.is_contiguous(memory_format=torch.channels_last)
     assert np.abs(ycl.cpu().numpy() - reference.group_norm(x, 4, w, b)).max() <= 1e-5
+
+
+def test_config_reports_without_raising(monkeypatch):
+    info = gncpu.cuda.config()
+    assert info["cuda_block_threads"] == 256 and "cupy" in info
+    if not gncpu.cuda.is_available():
+        assert info.get("cuda_devices", "none").startswith("none") or info["cupy"].startswith("not available")
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    assert gncpu.cuda.config()["cupy"].startswith("not available (ImportError")

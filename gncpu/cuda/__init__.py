@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ._arrays import is_cuda_array
 
-__all__ = ["is_available", "is_cuda_array", "group_norm", "source_path", "ACTIVATIONS"]
+__all__ = ["is_available", "is_cuda_array", "group_norm", "config", "source_path", "ACTIVATIONS"]
 
 # What the CUDA kernels fuse after the affine.
 ACTIVATIONS = (None, "silu")
@@ -31,6 +31,34 @@ def is_available():
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:
         return False
+
+
+def config():
+    """What the CUDA path would use, as a dict (for gncpu.show_config()):
+    CuPy's version, the devices it sees, the kernels' launch constants.
+    Imports CuPy if installed; never raises."""
+    from . import plan
+
+    info = {"cuda_block_threads": plan.BLOCK_THREADS, "cuda_chunk_elements": plan.CHUNK_ELEMENTS,
+            "cuda_compile_options": " ".join(plan.compile_options())}
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        info["cupy"] = f"not available ({type(exc).__name__}: {exc})"
+        return info
+    info["cupy"] = cupy.__version__
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        names = []
+        for index in range(count):
+            props = cupy.cuda.runtime.getDeviceProperties(index)
+            name = props["name"]
+            names.append(f"{name.decode() if isinstance(name, bytes) else name} "
+                         f"(sm_{props['major']}{props['minor']})")
+        info["cuda_devices"] = ", ".join(names) if names else "none"
+    except Exception as exc:
+        info["cuda_devices"] = f"none ({type(exc).__name__}: {exc})"
+    return info
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None,

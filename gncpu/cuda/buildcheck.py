@@ -64,12 +64,11 @@ def parse_ptxas_report(text):
 
 
 def find_nvcc():
-    """Path of nvcc: $CUDA_HOME / $CUDA_PATH, PATH, /usr/local/cuda, or the
-    nvidia-cuda-nvcc wheel. None if there is none."""
+    """Path of nvcc from $CUDA_HOME / $CUDA_PATH, PATH or /usr/local/cuda;
+    None if there is none. (The nvidia-cuda-nvcc wheel alone is not enough:
+    it lacks cicc and the runtime headers.)"""
     candidates = [os.path.join(os.environ[v], "bin", "nvcc") for v in ("CUDA_HOME", "CUDA_PATH") if v in os.environ]
     candidates += [shutil.which("nvcc") or "", "/usr/local/cuda/bin/nvcc"]
-    candidates += sorted(glob.glob(os.path.join(sys.prefix, "lib", "python3*", "site-packages", "nvidia", "cu*",
-                                                "bin", "nvcc")))
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
