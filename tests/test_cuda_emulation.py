@@ -93,6 +93,22 @@ def test_offset_data(kernels, channels_last, chunk_elements):
     check(kernels, x, 4, w, b, tol=TOL_OFFSET, channels_last=channels_last, chunk_elements=chunk_elements)
 
 
+@pytest.mark.parametrize("shape,groups", [
+    ((1, 3, 2048), 1),      # C/G = 2048 > the 1024-channel tile: a group spans 2 tiles
+    ((2, 5, 1280), 32),     # C/G = 40: tiles of 640 channels, 16 groups each
+    ((2, 7, 3, 320), 32),   # SD: C/G = 10, one 320-channel tile; float4s straddle groups
+    ((1, 9, 512), 512),     # G = C
+    ((3, 11, 12), 4),       # C/G = 3
+])
+@pytest.mark.parametrize("chunk_elements", [cuda_plan.CHUNK_ELEMENTS, SMALL_CHUNK])
+def test_nhwc_tiled_stats(kernels, shape, groups, chunk_elements):
+    rng = np.random.default_rng(10)
+    x, w, b = make_case(rng, shape, True, offset=3.0)
+    _, plan = check(kernels, x, groups, w, b, channels_last=True, chunk_elements=chunk_elements,
+                    activation="silu")
+    assert plan.launches[0].kernel == "gn_stats_nhwc_tiled"
+
+
 def test_outlier_first_element(kernels):
     # the group shift K is the first element; make it far from the rest
     rng = np.random.default_rng(3)
@@ -166,7 +182,7 @@ def test_every_kernel_is_exercised(kernels):
         dict(shape=(2, 8, 4, 4), channels_last=False, x_offset=0),  # vec4 stats and apply
         dict(shape=(2, 8, 3, 3), channels_last=False, x_offset=0),  # vec4 stats, scalar apply
         dict(shape=(2, 8, 4, 4), channels_last=False, x_offset=1),  # scalar everything
-        dict(shape=(2, 4, 4, 8), channels_last=True, x_offset=0),   # vec4 NHWC
+        dict(shape=(2, 4, 4, 8), channels_last=True, x_offset=0),   # tiled NHWC stats, vec4 apply
         dict(shape=(2, 4, 4, 6), channels_last=True, x_offset=0),   # Cg = 3: scalar stats, C % 4 != 0
         dict(shape=(2, 4, 4, 8), channels_last=True, x_offset=1),   # misaligned NHWC
     ]

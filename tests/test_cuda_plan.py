@@ -29,10 +29,19 @@ def test_grids_and_chunks(channels_last, batch, channels, spatial, groups):
     for launch in plan.launches:
         assert launch.block == (cuda_plan.BLOCK_THREADS, 1, 1)
         assert 1 <= launch.grid[0] <= 2**31 - 1 and 1 <= launch.grid[1] <= 65535 and launch.grid[2] == 1
-    rows, chunks = stats.grid[:2]
-    chunk = int(stats.args[-1])
-    assert rows == batch * groups
-    assert chunk % 4 == 0 and (chunks - 1) * chunk < group_size <= chunks * chunk
+    rows = batch * groups
+    if stats.kernel == "gn_stats_nhwc_tiled":
+        tile, rows_per_chunk = int(stats.args[5]), int(stats.args[6])
+        assert channels % tile == 0 and tile % 4 == 0 and (tile % (channels // groups) == 0 or
+                                                            (channels // groups) % tile == 0)
+        assert stats.grid[0] == batch * (channels // tile)
+        row_chunks = stats.grid[1]
+        assert (row_chunks - 1) * rows_per_chunk < spatial <= row_chunks * rows_per_chunk
+        chunks = row_chunks * max(1, (channels // groups) // tile)
+    else:
+        chunks, chunk = stats.grid[1], int(stats.args[-1])
+        assert stats.grid[0] == rows
+        assert chunk % 4 == 0 and (chunks - 1) * chunk < group_size <= chunks * chunk
     assert plan.partials_floats == 3 * rows * chunks
     assert plan.coeffs_floats == 4 * batch * channels
     assert finalize.grid[0] * cuda_plan.WARPS_PER_BLOCK >= rows
@@ -59,13 +68,14 @@ def test_chunking_does_not_depend_on_the_device():
 def test_kernel_choice(channels_last, silu):
     suffix = "_silu" if silu else ""
     layout = "nhwc" if channels_last else "nchw"
+    fast_stats = "gn_stats_nhwc_tiled" if channels_last else "gn_stats_nchw_vec4"
     kernels = [l.kernel for l in launches(channels_last=channels_last, silu=silu)]
-    assert kernels == [f"gn_stats_{layout}_vec4", "gn_finalize", f"gn_apply_{layout}_vec4{suffix}"]
+    assert kernels == [fast_stats, "gn_finalize", f"gn_apply_{layout}_vec4{suffix}"]
     kernels = [l.kernel for l in launches(channels_last=channels_last, silu=silu, x_aligned=False)]
     assert kernels == [f"gn_stats_{layout}", "gn_finalize", f"gn_apply_{layout}{suffix}"]
     # a misaligned output only affects the apply
     kernels = [l.kernel for l in launches(channels_last=channels_last, silu=silu, y_aligned=False)]
-    assert kernels == [f"gn_stats_{layout}_vec4", "gn_finalize", f"gn_apply_{layout}{suffix}"]
+    assert kernels == [fast_stats, "gn_finalize", f"gn_apply_{layout}{suffix}"]
 
 
 def test_vec4_needs_whole_vectors():
@@ -73,10 +83,21 @@ def test_vec4_needs_whole_vectors():
     assert [l.kernel for l in launches(channels=8, groups=2, spatial=9)] == \
         ["gn_stats_nchw_vec4", "gn_finalize", "gn_apply_nchw"]
     assert launches(channels=6, groups=2, spatial=9)[0].kernel == "gn_stats_nchw"
-    # NHWC: stats need C/G % 4 == 0; the apply needs C % 4 == 0
+    # NHWC: the tiled stats and the float4 apply need C % 4 == 0 (any C/G)
     assert [l.kernel for l in launches(channels=12, groups=6, channels_last=True)] == \
-        ["gn_stats_nhwc", "gn_finalize", "gn_apply_nhwc_vec4"]
-    assert launches(channels=6, groups=3, channels_last=True)[2].kernel == "gn_apply_nhwc"
+        ["gn_stats_nhwc_tiled", "gn_finalize", "gn_apply_nhwc_vec4"]
+    assert [l.kernel for l in launches(channels=6, groups=3, channels_last=True)] == \
+        ["gn_stats_nhwc", "gn_finalize", "gn_apply_nhwc"]
+    # no tile when C/G has no multiple of 4 within 1024 channels, nor a divisor that is one
+    assert launches(channels=2056, groups=4, channels_last=True)[0].kernel == "gn_stats_nhwc"
+
+
+@pytest.mark.parametrize("channels,group_channels,tile", [
+    (320, 10, 320), (1280, 40, 640), (8, 2, 8), (4, 1, 4), (2560, 2560, 640), (4096, 4096, 1024),
+    (12, 3, 12), (6, 3, None), (2056, 514, None), (4096, 1, 1024),
+])
+def test_nhwc_tiles(channels, group_channels, tile):
+    assert cuda_plan.nhwc_tile_channels(channels, group_channels) == tile
 
 
 def test_scalar_types_are_explicit():

@@ -34,7 +34,8 @@ CASES = [
     # shape, groups, channels_last, activation, chunk_elements, x_offset
     ((2, 8, 6, 6), 2, False, "silu", 64, 0),   # vec4 stats + apply, 5 chunks per group
     ((2, 6, 5, 5), 3, False, None, 32, 1),     # scalar kernels
-    ((2, 5, 4, 8), 4, True, "silu", 32, 0),    # NHWC vec4
+    ((2, 5, 4, 8), 4, True, "silu", 32, 0),    # NHWC tiled stats (128 row lanes), vec4 apply
+    ((1, 2, 2048), 2, True, None, 4096, 0),    # NHWC tiled, 1024-channel tiles, 8 warps merging
     ((1, 3, 3, 6), 2, True, None, 4096, 0),    # NHWC scalar, one chunk
 ]
 

@@ -239,18 +239,11 @@ __device__ __forceinline__ void stats_nchw(const float* __restrict__ x, float* _
     if (threadIdx.x == 0) write_partial(partials, (size_t)row * gridDim.y + chunk, m);
 }
 
-// Element offset, from the group's first element, of the group's float4
-// number i (rows of vectors_per_row vectors, C floats apart).
-__device__ __forceinline__ size_t nhwc_vector_offset(unsigned i, unsigned vectors_per_row, unsigned channels)
-{
-    return (size_t)(i / vectors_per_row) * channels + 4 * (i % vectors_per_row);
-}
-
-// NHWC: x is (N, HW, C); group (n, g) is the Cg = C / G channels
+// NHWC, general (any C, any alignment; the plan prefers the tiled kernel
+// below): x is (N, HW, C); group (n, g) is the Cg = C / G channels
 // [g * Cg, (g + 1) * Cg) of each of the HW rows. The block walks the group's
 // elements in (row, channel) order: element k is at row k / Cg, channel
-// g * Cg + k % Cg. VEC4: Cg % 4 == 0, C % 4 == 0 and x 16-byte aligned.
-template <bool VEC4>
+// g * Cg + k % Cg.
 __device__ __forceinline__ void stats_nhwc(const float* __restrict__ x, float* __restrict__ partials,
                                            unsigned channels, unsigned groups, unsigned spatial,
                                            unsigned chunk_size)
@@ -267,21 +260,12 @@ __device__ __forceinline__ void stats_nhwc(const float* __restrict__ x, float* _
     const unsigned end = min(begin + chunk_size, group_size);
 
     ShiftedSums acc;
-    if (VEC4) {
-        const unsigned vectors_per_row = group_channels / 4;
-        const unsigned first = begin / 4 + threadIdx.x;
-        const unsigned last = end / 4;
-        sums_init(acc, first < last ? group[nhwc_vector_offset(first, vectors_per_row, channels)] : group_shift);
-        for (unsigned i = first; i < last; i += GN_BLOCK_THREADS)
-            sums_add4(acc, *reinterpret_cast<const float4*>(group + nhwc_vector_offset(i, vectors_per_row, channels)));
-    } else {
-        const unsigned first = begin + threadIdx.x;
-        sums_init(acc, first < end ? group[(size_t)(first / group_channels) * channels + first % group_channels]
-                                   : group_shift);
-        for (unsigned i = first; i < end; i += GN_BLOCK_THREADS) {
-            sums_add(acc, 0, group[(size_t)(i / group_channels) * channels + i % group_channels]);
-            acc.count += 1;
-        }
+    const unsigned first = begin + threadIdx.x;
+    sums_init(acc, first < end ? group[(size_t)(first / group_channels) * channels + first % group_channels]
+                               : group_shift);
+    for (unsigned i = first; i < end; i += GN_BLOCK_THREADS) {
+        sums_add(acc, 0, group[(size_t)(i / group_channels) * channels + i % group_channels]);
+        acc.count += 1;
     }
     const Moments m = block_reduce_moments(sums_to_moments(acc, group_shift));
     if (threadIdx.x == 0) write_partial(partials, (size_t)row * gridDim.y + chunk, m);
@@ -304,14 +288,108 @@ extern "C" __global__ void __launch_bounds__(GN_BLOCK_THREADS)
 gn_stats_nhwc(const float* __restrict__ x, float* __restrict__ partials, unsigned channels, unsigned groups,
               unsigned spatial, unsigned chunk_size)
 {
-    stats_nhwc<false>(x, partials, channels, groups, spatial, chunk_size);
+    stats_nhwc(x, partials, channels, groups, spatial, chunk_size);
 }
 
+// NHWC, tiled (the fast NHWC path): a block reads whole rows of a tile of
+// T channels, one float4 column per thread and several rows at a time, so
+// every warp reads contiguous memory whatever C/G is (with T == C the whole
+// block's reads are one contiguous range). Each thread keeps its four
+// channels apart; the per-channel moments meet in shared memory and one warp
+// per group merges them in a fixed order.
+//
+// Needs C % 4 == 0, x 16-byte aligned, T % 4 == 0, T <= 4 * GN_BLOCK_THREADS,
+// and tiles cut at group boundaries: T % Cg == 0 (a tile holds whole
+// groups) or Cg % T == 0 (a group spans whole tiles). Grid (N * tiles, row
+// chunks). The partial of (n, g) from row chunk rc and the group's tile st
+// is slot (n * G + g) * (row_chunks * tiles_per_group) + rc * tiles_per_group + st.
+#define GN_TILE_ENTRIES (4 * GN_BLOCK_THREADS)
+
 extern "C" __global__ void __launch_bounds__(GN_BLOCK_THREADS)
-gn_stats_nhwc_vec4(const float* __restrict__ x, float* __restrict__ partials, unsigned channels,
-                   unsigned groups, unsigned spatial, unsigned chunk_size)
+gn_stats_nhwc_tiled(const float* __restrict__ x, float* __restrict__ partials, unsigned channels,
+                    unsigned groups, unsigned spatial, unsigned tile_channels, unsigned rows_per_chunk)
 {
-    stats_nhwc<true>(x, partials, channels, groups, spatial, chunk_size);
+    // (row lane, channel of the tile) -> moments; at most 4 * GN_BLOCK_THREADS entries
+    __shared__ float tile_mean[GN_TILE_ENTRIES];
+    __shared__ float tile_m2[GN_TILE_ENTRIES];
+    __shared__ float lane_count[GN_BLOCK_THREADS];
+
+    const unsigned tiles = (channels + tile_channels - 1) / tile_channels;
+    const unsigned n = blockIdx.x / tiles;
+    const unsigned tile_begin = (blockIdx.x - n * tiles) * tile_channels;
+    const unsigned tile_width = min(tile_channels, channels - tile_begin);
+    const unsigned group_channels = channels / groups;
+    const unsigned columns = tile_channels / 4;
+    const unsigned row_lanes = GN_BLOCK_THREADS / columns;
+    const unsigned column = threadIdx.x % columns;
+    const unsigned row_lane = threadIdx.x / columns;
+    const unsigned row_begin = blockIdx.y * rows_per_chunk;
+    const unsigned row_end = min(row_begin + rows_per_chunk, spatial);
+    const float* sample = x + (size_t)n * spatial * channels;
+    const unsigned c0 = tile_begin + 4 * column;
+
+    if (row_lane < row_lanes && 4 * column < tile_width) {
+        // each channel's own first value is its local shift; K is its group's
+        float shift[4], s1[4], s2[4], group_shift[4];
+        unsigned r = row_begin + row_lane;
+        const float4 first = r < row_end ? *reinterpret_cast<const float4*>(sample + (size_t)r * channels + c0)
+                                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        shift[0] = first.x;
+        shift[1] = first.y;
+        shift[2] = first.z;
+        shift[3] = first.w;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            s1[i] = 0.0f;
+            s2[i] = 0.0f;
+            group_shift[i] = sample[(size_t)((c0 + i) / group_channels) * group_channels];
+        }
+        unsigned count = 0;
+        for (; r < row_end; r += row_lanes) {
+            const float4 v = *reinterpret_cast<const float4*>(sample + (size_t)r * channels + c0);
+            const float d[4] = {v.x - shift[0], v.y - shift[1], v.z - shift[2], v.w - shift[3]};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                s1[i] += d[i];
+                s2[i] = fmaf(d[i], d[i], s2[i]);
+            }
+            ++count;
+        }
+        const float fcount = (float)count;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float local_mean = count ? s1[i] / fcount : 0.0f;
+            const unsigned entry = row_lane * tile_channels + 4 * column + i;
+            tile_mean[entry] = count ? (shift[i] - group_shift[i]) + local_mean : 0.0f;
+            tile_m2[entry] = count ? clamp_nonnegative(fmaf(-s1[i], local_mean, s2[i])) : 0.0f;
+        }
+        if (column == 0) lane_count[row_lane] = fcount;
+    }
+    __syncthreads();
+
+    // Merge: a part is the channels of one group inside this tile.
+    const unsigned part_width = min(group_channels, tile_channels);
+    const unsigned parts = tile_width / part_width;
+    const unsigned tiles_per_group = group_channels > tile_channels ? group_channels / tile_channels : 1;
+    const unsigned group_tile = group_channels > tile_channels ? (tile_begin % group_channels) / tile_channels : 0;
+    const unsigned lane = threadIdx.x % GN_WARP;
+    const unsigned entries = part_width * row_lanes;
+    for (unsigned part = threadIdx.x / GN_WARP; part < parts; part += GN_BLOCK_WARPS) {
+        Moments m = {0.0f, 0.0f, 0.0f};
+        for (unsigned e = lane; e < entries; e += GN_WARP) {
+            const unsigned l = e / part_width;
+            const unsigned entry = l * tile_channels + part * part_width + (e - l * part_width);
+            const Moments p = {lane_count[l], tile_mean[entry], tile_m2[entry]};
+            m = merge_moments(m, p);
+        }
+        m = warp_reduce_moments(m);
+        if (lane == 0) {
+            const unsigned g = (tile_begin + part * part_width) / group_channels;
+            const size_t slot = ((size_t)n * groups + g) * ((size_t)gridDim.y * tiles_per_group) +
+                                (size_t)blockIdx.y * tiles_per_group + group_tile;
+            write_partial(partials, slot, m);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

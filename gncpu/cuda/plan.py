@@ -11,6 +11,7 @@ Arguments are buffer names (the strings in BUFFERS, bound to device arrays
 by whoever runs the plan) or NumPy scalars whose dtype is the kernel's C
 parameter type: CuPy passes a scalar by its dtype and checks nothing.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,8 @@ X, Y, WEIGHT, BIAS, PARTIALS, COEFFS = "x", "y", "weight", "bias", "partials", "
 BUFFERS = (X, Y, WEIGHT, BIAS, PARTIALS, COEFFS)
 
 KERNEL_NAMES = (
-    "gn_stats_nchw", "gn_stats_nchw_vec4", "gn_stats_nhwc", "gn_stats_nhwc_vec4", "gn_finalize",
+    "gn_stats_nchw", "gn_stats_nchw_vec4", "gn_stats_nhwc", "gn_stats_nhwc_tiled",
+    "gn_finalize",
     "gn_apply_nchw", "gn_apply_nchw_vec4", "gn_apply_nchw_silu", "gn_apply_nchw_vec4_silu",
     "gn_apply_nhwc", "gn_apply_nhwc_vec4", "gn_apply_nhwc_silu", "gn_apply_nhwc_vec4_silu",
 )
@@ -77,6 +79,26 @@ def _chunking(length, chunk_elements):
     return chunk, -(-length // chunk)
 
 
+# Channels of one NHWC stats tile at most: one float4 column per thread.
+MAX_TILE_CHANNELS = 4 * BLOCK_THREADS
+
+
+def nhwc_tile_channels(channels, group_channels):
+    """Channels per tile of gn_stats_nhwc_tiled, or None if no tile fits.
+
+    A tile must be a multiple of 4 and either hold whole groups or be a
+    whole fraction of one group. Among those, the widest that divides C (no
+    ragged last tile; T == C makes every block's reads one contiguous range).
+    """
+    if channels % 4:
+        return None
+    step = math.lcm(group_channels, 4)
+    if step <= MAX_TILE_CHANNELS:
+        return max(t for t in range(step, min(channels, MAX_TILE_CHANNELS) + 1, step) if channels % t == 0)
+    fractions = [t for t in range(4, MAX_TILE_CHANNELS + 1, 4) if group_channels % t == 0]
+    return max(fractions) if fractions else None
+
+
 def _check_index_range(count, what):
     if count > MAX_INDEXED_ELEMENTS:
         raise ValueError(f"{what} has {count} elements; the CUDA kernels index within it in 32 bits "
@@ -108,10 +130,19 @@ def plan_group_norm(batch, channels, spatial, groups, *, eps, channels_last=Fals
     u32, u64 = np.uint32, np.uint64
 
     stats_chunk, stats_chunks = _chunking(group_size, chunk_elements)
-    if channels_last:
+    tile = nhwc_tile_channels(channels, group_channels) if channels_last and x_aligned else None
+    if tile is not None:
         _check_index_range(spatial * channels, "one sample (spatial x C)")
-        vec4 = x_aligned and group_channels % 4 == 0
-        stats = Launch("gn_stats_nhwc" + ("_vec4" if vec4 else ""), (rows, stats_chunks, 1), block,
+        # rows per block: about chunk_elements elements, whole rows of the tile
+        rows_per_chunk, row_chunks = _chunking(spatial, max(1, chunk_elements // tile))
+        tiles_per_group = group_channels // tile if group_channels > tile else 1
+        stats_chunks = row_chunks * tiles_per_group
+        stats = Launch("gn_stats_nhwc_tiled", (batch * (channels // tile), row_chunks, 1), block,
+                       (X, PARTIALS, u32(channels), u32(groups), u32(spatial), u32(tile), u32(rows_per_chunk)))
+        sample_stride, group_stride = spatial * channels, group_channels
+    elif channels_last:
+        _check_index_range(spatial * channels, "one sample (spatial x C)")
+        stats = Launch("gn_stats_nhwc", (rows, stats_chunks, 1), block,
                        (X, PARTIALS, u32(channels), u32(groups), u32(spatial), u32(stats_chunk)))
         sample_stride, group_stride = spatial * channels, group_channels
     else:

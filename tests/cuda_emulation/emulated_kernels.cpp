@@ -57,7 +57,7 @@ const std::vector<KernelEntry>& kernels()
         GN_ENTRY(gn_stats_nchw),
         GN_ENTRY(gn_stats_nchw_vec4),
         GN_ENTRY(gn_stats_nhwc),
-        GN_ENTRY(gn_stats_nhwc_vec4),
+        GN_ENTRY(gn_stats_nhwc_tiled),
         GN_ENTRY(gn_finalize),
         GN_ENTRY(gn_apply_nchw),
         GN_ENTRY(gn_apply_nchw_vec4),
