@@ -107,6 +107,7 @@ def test_nhwc_tiled_stats(kernels, shape, groups, chunk_elements):
     _, plan = check(kernels, x, groups, w, b, channels_last=True, chunk_elements=chunk_elements,
                     activation="silu")
     assert plan.launches[0].kernel == "gn_stats_nhwc_tiled"
+    assert plan.launches[2].kernel == "gn_apply_nhwc_tiled_silu"
 
 
 def test_outlier_first_element(kernels):
@@ -185,6 +186,7 @@ def test_every_kernel_is_exercised(kernels):
         dict(shape=(2, 4, 4, 8), channels_last=True, x_offset=0),   # tiled NHWC stats, vec4 apply
         dict(shape=(2, 4, 4, 6), channels_last=True, x_offset=0),   # Cg = 3: scalar stats, C % 4 != 0
         dict(shape=(2, 4, 4, 8), channels_last=True, x_offset=1),   # misaligned NHWC
+        dict(shape=(1, 3, 1052), channels_last=True, x_offset=0),   # C = 4 x 263: flat float4 apply
     ]
     used = set()
     rng = np.random.default_rng(9)

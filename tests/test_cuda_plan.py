@@ -46,9 +46,14 @@ def test_grids_and_chunks(channels_last, batch, channels, spatial, groups):
     assert plan.coeffs_floats == 4 * batch * channels
     assert finalize.grid[0] * cuda_plan.WARPS_PER_BLOCK >= rows
     assert int(finalize.args[8]) == chunks  # the finalize merges exactly the stats' chunks
-    length = channels * spatial if channels_last else group_size
-    apply_chunk, apply_chunks = int(apply.args[-1]), apply.grid[1]
-    assert (apply_chunks - 1) * apply_chunk < length <= apply_chunks * apply_chunk
+    if apply.kernel.startswith("gn_apply_nhwc_tiled"):
+        tile, rows_per_chunk = int(apply.args[5]), int(apply.args[6])
+        assert channels % tile == 0 and apply.grid[0] == batch * (channels // tile)
+        assert (apply.grid[1] - 1) * rows_per_chunk < spatial <= apply.grid[1] * rows_per_chunk
+    else:
+        length = channels * spatial if channels_last else group_size
+        apply_chunk, apply_chunks = int(apply.args[-1]), apply.grid[1]
+        assert (apply_chunks - 1) * apply_chunk < length <= apply_chunks * apply_chunk
 
 
 def test_sd_shape_fills_a_large_gpu():
@@ -69,8 +74,9 @@ def test_kernel_choice(channels_last, silu):
     suffix = "_silu" if silu else ""
     layout = "nhwc" if channels_last else "nchw"
     fast_stats = "gn_stats_nhwc_tiled" if channels_last else "gn_stats_nchw_vec4"
+    fast_apply = f"gn_apply_nhwc_tiled{suffix}" if channels_last else f"gn_apply_nchw_vec4{suffix}"
     kernels = [l.kernel for l in launches(channels_last=channels_last, silu=silu)]
-    assert kernels == [fast_stats, "gn_finalize", f"gn_apply_{layout}_vec4{suffix}"]
+    assert kernels == [fast_stats, "gn_finalize", fast_apply]
     kernels = [l.kernel for l in launches(channels_last=channels_last, silu=silu, x_aligned=False)]
     assert kernels == [f"gn_stats_{layout}", "gn_finalize", f"gn_apply_{layout}{suffix}"]
     # a misaligned output only affects the apply
@@ -85,7 +91,9 @@ def test_vec4_needs_whole_vectors():
     assert launches(channels=6, groups=2, spatial=9)[0].kernel == "gn_stats_nchw"
     # NHWC: the tiled stats and the float4 apply need C % 4 == 0 (any C/G)
     assert [l.kernel for l in launches(channels=12, groups=6, channels_last=True)] == \
-        ["gn_stats_nhwc_tiled", "gn_finalize", "gn_apply_nhwc_vec4"]
+        ["gn_stats_nhwc_tiled", "gn_finalize", "gn_apply_nhwc_tiled"]
+    # C = 4 x 263: the only tiles are 4 channels wide: the flat float4 apply
+    assert launches(channels=1052, groups=4, channels_last=True)[2].kernel == "gn_apply_nhwc_vec4"
     assert [l.kernel for l in launches(channels=6, groups=3, channels_last=True)] == \
         ["gn_stats_nhwc", "gn_finalize", "gn_apply_nhwc"]
     # no tile when C/G has no multiple of 4 within 1024 channels, nor a divisor that is one
@@ -98,6 +106,12 @@ def test_vec4_needs_whole_vectors():
 ])
 def test_nhwc_tiles(channels, group_channels, tile):
     assert cuda_plan.nhwc_tile_channels(channels, group_channels) == tile
+
+
+@pytest.mark.parametrize("channels,tile", [(320, 320), (1280, 640), (8, 8), (2048, 1024), (1000, 1000),
+                                           (1052, None), (6, None), (4 * 521, None), (1072, 536)])
+def test_nhwc_apply_tiles(channels, tile):
+    assert cuda_plan.nhwc_apply_tile_channels(channels) == tile
 
 
 def test_scalar_types_are_explicit():

@@ -43,6 +43,7 @@ KERNEL_NAMES = (
     "gn_finalize",
     "gn_apply_nchw", "gn_apply_nchw_vec4", "gn_apply_nchw_silu", "gn_apply_nchw_vec4_silu",
     "gn_apply_nhwc", "gn_apply_nhwc_vec4", "gn_apply_nhwc_silu", "gn_apply_nhwc_vec4_silu",
+    "gn_apply_nhwc_tiled", "gn_apply_nhwc_tiled_silu",
 )
 
 
@@ -97,6 +98,21 @@ def nhwc_tile_channels(channels, group_channels):
         return max(t for t in range(step, min(channels, MAX_TILE_CHANNELS) + 1, step) if channels % t == 0)
     fractions = [t for t in range(4, MAX_TILE_CHANNELS + 1, 4) if group_channels % t == 0]
     return max(fractions) if fractions else None
+
+
+# The tiled NHWC apply needs a tile this wide (or all of C) for a warp's
+# loads to cover whole 128-byte lines.
+MIN_APPLY_TILE_CHANNELS = 128
+
+
+def nhwc_apply_tile_channels(channels):
+    """Channels per tile of gn_apply_nhwc_tiled (the widest multiple of 4
+    dividing C, at most 4 * BLOCK_THREADS), or None when C % 4 != 0 or the
+    only such tiles are too narrow to read whole cache lines."""
+    if channels % 4:
+        return None
+    tile = max(t for t in range(4, min(channels, MAX_TILE_CHANNELS) + 1, 4) if channels % t == 0)
+    return tile if tile == channels or tile >= MIN_APPLY_TILE_CHANNELS else None
 
 
 def _check_index_range(count, what):
@@ -156,7 +172,12 @@ def plan_group_norm(batch, channels, spatial, groups, *, eps, channels_last=Fals
                        u32(stats_chunks), u64(sample_stride), u64(group_stride), np.float32(eps)))
 
     suffix = "_silu" if silu else ""
-    if channels_last:
+    apply_tile = nhwc_apply_tile_channels(channels) if channels_last and x_aligned and y_aligned else None
+    if apply_tile is not None:
+        rows_per_chunk, row_chunks = _chunking(spatial, max(1, chunk_elements // apply_tile))
+        apply = Launch("gn_apply_nhwc_tiled" + suffix, (batch * (channels // apply_tile), row_chunks, 1), block,
+                       (X, COEFFS, Y, u32(channels), u32(spatial), u32(apply_tile), u32(rows_per_chunk)))
+    elif channels_last:
         apply_chunk, apply_chunks = _chunking(spatial * channels, chunk_elements)
         vec4 = x_aligned and y_aligned and channels % 4 == 0
         apply = Launch("gn_apply_nhwc" + ("_vec4" if vec4 else "") + suffix, (batch, apply_chunks, 1), block,

@@ -67,6 +67,8 @@ const std::vector<KernelEntry>& kernels()
         GN_ENTRY(gn_apply_nhwc_vec4),
         GN_ENTRY(gn_apply_nhwc_silu),
         GN_ENTRY(gn_apply_nhwc_vec4_silu),
+        GN_ENTRY(gn_apply_nhwc_tiled),
+        GN_ENTRY(gn_apply_nhwc_tiled_silu),
     };
     return table;
 }
