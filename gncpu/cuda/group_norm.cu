@@ -2,9 +2,10 @@
 //
 // Three launches (the grid of each comes from gncpu/cuda/plan.py, which the
 // CuPy launcher and the CPU emulation both use):
-//   1. gn_stats_*    grid (N*G, chunks): each block reduces one fixed-size
-//                    chunk of one (n, g) group to (count, mean, M2), the mean
-//                    relative to the group's first element K.
+//   1. gn_stats_*    each block reduces a fixed-size chunk of one (n, g)
+//                    group (NCHW; NHWC: a run of rows of a channel tile,
+//                    covering one or more groups) to (count, mean, M2), the
+//                    mean relative to the group's first element K.
 //   2. gn_finalize   one warp per (n, g): merges that group's chunk partials
 //                    in chunk order, writes per-(n, c) coefficients
 //                    (K, mean - K, rstd * gamma_c, beta_c).
@@ -20,6 +21,10 @@
 // mean is kept as K + (mean - K) through the apply: x - K is exact for x
 // near K, and (mean - K) is small, so float32 rounding of a mean near 1e4
 // (spacing 1e-3) never enters y.
+//
+// In place (y == x) is safe although x and y are __restrict__: every
+// element is read exactly once in the apply, by the thread that then writes
+// it, and the statistics kernels finished before.
 //
 // Index arithmetic: per-group / per-sample element indices are 32-bit
 // (the plan rejects groups or samples of 2^31 elements or more); base
