@@ -58,8 +58,6 @@ cdef enum:
     # NHWC rows per stats block: each per-channel accumulator sums <= 64
     # values, as an NCHW lane does.
     ROWS = 64
-    # Elements per apply block: the activation pass re-reads it from L1.
-    APPLY_BLOCK = 1024
     COPY_BLOCK = 65536
 
 cdef enum:
@@ -149,6 +147,27 @@ cdef inline void reset_moments(Moments* m) noexcept nogil:
     m.m2 = 0
 
 
+cdef inline Moments combine_equal(const Moments* parts, Py_ssize_t k, Py_ssize_t stride) noexcept nogil:
+    """Moments of k parts of equal count, parts[0], parts[stride], ...: the
+    mean of the means, and M2 = sum of M2 + count * sum of the squared
+    deviations of the means. Unlike k - 1 Chan merges it has no division in
+    the loop (a sequential merge costs ~50 cycles of dependent divisions)."""
+    cdef Py_ssize_t i
+    cdef double mean = 0, m2 = 0, spread = 0, d
+    cdef Moments m
+    for i in range(k):
+        mean += parts[i * stride].mean
+        m2 += parts[i * stride].m2
+    mean /= k
+    for i in range(k):
+        d = parts[i * stride].mean - mean
+        spread += d * d
+    m.count = parts[0].count * k
+    m.mean = mean
+    m.m2 = m2 + parts[0].count * spread
+    return m
+
+
 cdef inline double inv_std(Moments m, double eps) noexcept nogil:
     return 1.0 / sqrt(m.m2 / m.count + eps)
 
@@ -156,8 +175,8 @@ cdef inline double inv_std(Moments m, double eps) noexcept nogil:
 cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t width,
                                   Py_ssize_t stride) noexcept nogil:
     """Two-pass float64 moments of `rows` runs of `width` elements, `stride`
-    apart: the fallback when the fast sums overflowed (|x - centre| beyond
-    ~1e19 in float32, where its square is not representable)."""
+    apart: the fallback when the fast sums cannot be trusted (see
+    needs_exact_moments)."""
     cdef double s = 0, ss = 0, d
     cdef Py_ssize_t r, i
     cdef Moments m
@@ -174,9 +193,20 @@ cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t wid
     return m
 
 
-cdef inline bint overflowed(Moments m) noexcept nogil:
-    # finite data (finite mean) whose squared deviations overflowed
-    return isfinite(m.mean) and not isfinite(m.m2)
+cdef inline bint needs_exact_moments(const real* x, Moments m, double eps) noexcept nogil:
+    """True when the working-precision sums may be wrong: they overflowed
+    (|x - centre| beyond ~1e19 in float32, or values near the float32
+    maximum whose differences overflow), or the data has NaN/Inf (the float64
+    pass then reproduces NaN); or, in float32, the variance is so small that
+    squared deviations may have underflowed (|x - mean| below ~1e-19) and eps
+    does not dominate it. Never true for ordinary data: it costs one more
+    pass over the group."""
+    if not (isfinite(m.mean) and isfinite(m.m2)):
+        return True
+    if real is float:
+        return m.m2 / m.count + eps < 1e-30
+    else:
+        return False
 
 
 # ---------------------------------------------------------------- epilogue
@@ -206,48 +236,52 @@ cdef inline real relu(real v) noexcept nogil:
     return 0 if v < 0 else v  # NaN stays NaN
 
 
-cdef inline void activate(real* y, Py_ssize_t n, int activation) noexcept nogil:
-    """In place on a block that is in L1; one loop per activation so each
-    vectorizes on its own."""
-    cdef Py_ssize_t i
-    if activation == ACT_SILU:
-        for i in range(n):
-            y[i] = silu(y[i])
-    elif activation == ACT_RELU:
-        for i in range(n):
-            y[i] = relu(y[i])
-    elif activation == ACT_GELU:
-        for i in range(n):
-            y[i] = gelu(y[i])
-    elif activation == ACT_GELU_TANH:
-        for i in range(n):
-            y[i] = gelu_tanh(y[i])
-
+# The apply loops: one loop per activation, each a single expression, so
+# every one vectorizes on its own and the activation's arithmetic overlaps
+# the loads and stores of the same loop (a separate activation pass would
+# serialize the memory-bound and the compute-bound work).
 
 cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, real a, real b,
                                int activation) noexcept nogil:
     """y = act((x - head) * a + b) for one channel's run (NCHW)."""
-    cdef Py_ssize_t i, blk, start, stop
-    for blk in range((n + APPLY_BLOCK - 1) // APPLY_BLOCK):
-        start = blk * APPLY_BLOCK
-        stop = min(n, start + APPLY_BLOCK)
-        for i in range(start, stop):
+    cdef Py_ssize_t i
+    if activation == ACT_NONE:
+        for i in range(n):
             y[i] = (x[i] - head) * a + b
-        if activation != ACT_NONE:
-            activate(y + start, stop - start, activation)
+    elif activation == ACT_SILU:
+        for i in range(n):
+            y[i] = silu((x[i] - head) * a + b)
+    elif activation == ACT_RELU:
+        for i in range(n):
+            y[i] = relu((x[i] - head) * a + b)
+    elif activation == ACT_GELU:
+        for i in range(n):
+            y[i] = gelu((x[i] - head) * a + b)
+    else:
+        for i in range(n):
+            y[i] = gelu_tanh((x[i] - head) * a + b)
 
 
-cdef inline void affine_row(const real* x, real* y, Py_ssize_t c, const real* head,
-                            const real* a, const real* b, int activation) noexcept nogil:
-    """y = act((x - head) * a + b) along one row of C channels (NHWC)."""
-    cdef Py_ssize_t i, blk, start, stop
-    for blk in range((c + APPLY_BLOCK - 1) // APPLY_BLOCK):
-        start = blk * APPLY_BLOCK
-        stop = min(c, start + APPLY_BLOCK)
-        for i in range(start, stop):
+cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* head,
+                              const real* a, const real* b, int activation) noexcept nogil:
+    """y = act((x - head) * a + b) along one row of channels (NHWC), with
+    per-channel coefficients."""
+    cdef Py_ssize_t i
+    if activation == ACT_NONE:
+        for i in range(n):
             y[i] = (x[i] - head[i]) * a[i] + b[i]
-        if activation != ACT_NONE:
-            activate(y + start, stop - start, activation)
+    elif activation == ACT_SILU:
+        for i in range(n):
+            y[i] = silu((x[i] - head[i]) * a[i] + b[i])
+    elif activation == ACT_RELU:
+        for i in range(n):
+            y[i] = relu((x[i] - head[i]) * a[i] + b[i])
+    elif activation == ACT_GELU:
+        for i in range(n):
+            y[i] = gelu((x[i] - head[i]) * a[i] + b[i])
+    else:
+        for i in range(n):
+            y[i] = gelu_tanh((x[i] - head[i]) * a[i] + b[i])
 
 
 cdef inline void affine_coefficients(double mean, double rstd, const real* weight,
@@ -329,8 +363,9 @@ cdef inline real* shift_mut(real* p, Py_ssize_t by) noexcept nogil:
     return p + by if p != NULL else NULL
 
 
-cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m) noexcept nogil:
-    if overflowed(m):
+cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m,
+                                 double eps) noexcept nogil:
+    if needs_exact_moments(src, m, eps):
         return exact_moments(src, 1, length, length)
     return m
 
@@ -352,9 +387,14 @@ cdef inline void normalize_group(const real* x, real* y, const real* skip, real*
         merge_moments(&m, chunk_stats(x + offset, shift(skip, offset),
                                       shift(skip_bias, first_channel), shift_mut(buf, offset),
                                       start, min(start + CHUNK, g.length), g.hw))
-    m = finish_group(src, g.length, m)
-    apply_range(src, y + offset, 0, g.length, g.hw, shift(weight, first_channel),
-                shift(bias, first_channel), m, g.eps, g.activation)
+    m = finish_group(src, g.length, m, g.eps)
+    # Apply the chunks last-read first: a group larger than L2 then still
+    # finds its most recent ~L2 worth of chunks there.
+    for k in range(g.chunks_per_group - 1, -1, -1):
+        start = k * CHUNK
+        apply_range(src, y + offset, start, min(start + CHUNK, g.length), g.hw,
+                    shift(weight, first_channel), shift(bias, first_channel), m, g.eps,
+                    g.activation)
 
 
 cdef inline void stats_chunk_at(const real* x, const real* skip, real* buf,
@@ -374,7 +414,7 @@ cdef inline void merge_group_at(const real* src, Py_ssize_t p, GroupsNCHW* g,
     cdef Py_ssize_t k, first = p * g.chunks_per_group
     for k in range(first + 1, first + g.chunks_per_group):
         merge_moments(&parts[first], parts[k])
-    parts[first] = finish_group(src + p * g.length, g.length, parts[first])
+    parts[first] = finish_group(src + p * g.length, g.length, parts[first], g.eps)
 
 
 cdef inline void apply_chunk_at(const real* src, real* y, const real* weight, const real* bias,
@@ -387,16 +427,42 @@ cdef inline void apply_chunk_at(const real* src, real* y, const real* weight, co
                 parts[p * g.chunks_per_group], g.eps, g.activation)
 
 
+cdef inline Py_ssize_t share_start(Py_ssize_t total, Py_ssize_t t, int threads) noexcept nogil:
+    """First item of thread t's contiguous share of `total` items."""
+    return total * t // threads
+
+
+cdef inline void stats_share(const real* x, const real* skip, real* buf, const real* skip_bias,
+                             Py_ssize_t t, int threads, Py_ssize_t total, GroupsNCHW* g,
+                             Moments* parts) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(share_start(total, t, threads), share_start(total, t + 1, threads)):
+        stats_chunk_at(x, skip, buf, skip_bias, k, g, parts)
+
+
+cdef inline void apply_share(const real* src, real* y, const real* weight, const real* bias,
+                             Py_ssize_t t, int threads, Py_ssize_t total, GroupsNCHW* g,
+                             const Moments* parts) noexcept nogil:
+    # The same share as stats_share, last-read chunk first (still in L2).
+    cdef Py_ssize_t k
+    for k in range(share_start(total, t + 1, threads) - 1, share_start(total, t, threads) - 1, -1):
+        apply_chunk_at(src, y, weight, bias, k, g, parts)
+
+
 cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const real* weight,
                   const real* bias, const real* skip_bias, Py_ssize_t n, Py_ssize_t c,
                   GroupsNCHW* g, int threads) noexcept nogil:
     """Returns 0, or -1 if scratch memory could not be allocated."""
     cdef Py_ssize_t pairs = n * g.groups
-    cdef Py_ssize_t p, k, total
+    cdef Py_ssize_t p, t, total
     cdef Moments* parts
     cdef const real* src = x
     if buf != NULL:
         src = buf
+    if threads == 1:  # no parallel region at all: opening one costs ~1 us
+        for p in range(pairs):
+            normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
+        return 0
     if pairs >= threads and (pairs % threads == 0 or pairs >= 8 * threads):
         # Enough (sample, group) pairs to balance: each thread finishes whole
         # groups, so the second read of a group hits its cache.
@@ -405,18 +471,19 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
         return 0
     # Few pairs for the threads (N=1, G=1 is LayerNorm over C x HW): split
     # groups into chunks. Moments per chunk in parallel, merge per group in
-    # the same order as above, then the apply per chunk in parallel. The
-    # static schedule hands each thread the same chunks in both loops.
+    # the same order as above, then the apply per chunk in parallel. Thread t
+    # takes share t of the chunks in both loops (static schedule, chunk size
+    # 1, one iteration per thread), so the apply reads what it just read.
     total = pairs * g.chunks_per_group
     parts = <Moments*>malloc(total * sizeof(Moments))
     if parts == NULL:
         return -1
-    for k in prange(total, num_threads=threads, schedule="static"):
-        stats_chunk_at(x, skip, buf, skip_bias, k, g, parts)
+    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+        stats_share(x, skip, buf, skip_bias, t, threads, total, g, parts)
     for p in range(pairs):
         merge_group_at(src, p, g, parts)
-    for k in prange(total, num_threads=threads, schedule="static"):
-        apply_chunk_at(src, y, weight, bias, k, g, parts)
+    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+        apply_share(src, y, weight, bias, t, threads, total, g, parts)
     free(parts)
     return 0
 
@@ -429,59 +496,88 @@ cdef struct GroupsNHWC:
     int activation
 
 
-cdef inline int block_stats(const real* x, const real* skip, const real* skip_bias, real* buf,
-                            Py_ssize_t b, GroupsNHWC* g, Moments* parts) noexcept nogil:
-    """Moments of each group over one block of ROWS rows of one sample.
-
-    Per-channel shifted sums vectorized along the row, centred on the mean of
-    8 rows spread over the block; then each group's channels are merged in
-    channel order into parts[b * groups + group]. Returns -1 if out of memory.
-    """
-    cdef Py_ssize_t nc = g.channels
-    cdef Py_ssize_t n = b // g.blocks_per_sample
-    cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
-    cdef Py_ssize_t rows = min(ROWS, g.rows - first)
-    cdef Py_ssize_t offset = (n * g.rows + first) * nc
-    cdef Py_ssize_t r, ch, j, k
+cdef inline void channel_sums(const real* x, Py_ssize_t rows, Py_ssize_t nc, real* centre,
+                              real* acc_d, real* acc_dd) noexcept nogil:
+    """Per-channel shifted sums over `rows` contiguous rows of nc channels,
+    centred per channel on the mean of 8 rows spread over the block. Rows
+    are walked in memory order (prefetch-friendly); the nc-long accumulator
+    rows stay in L1. Two rows per step halve their loads and stores."""
+    cdef Py_ssize_t r, ch, k, j, width
     cdef const real* row
-    cdef real d
-    cdef Moments m, channel
-    cdef real* scratch = <real*>malloc(3 * nc * sizeof(real))
-    cdef real* centre = scratch
-    cdef real* acc_d = scratch + nc
-    cdef real* acc_dd = scratch + 2 * nc
-    if scratch == NULL:
-        return -1
-    if buf != NULL:
-        for r in range(rows):
-            for ch in range(nc):
-                buf[offset + r * nc + ch] = (x[offset + r * nc + ch]
-                                             + (skip[offset + r * nc + ch] if skip != NULL else 0)) \
-                                            + (skip_bias[ch] if skip_bias != NULL else 0)
-        x = buf
+    cdef const real* row2
+    cdef real d, e
+    cdef real local[LANES]   # a local array cannot alias x: this loop vectorizes
+    for k in range((nc + LANES - 1) // LANES):
+        width = min(<Py_ssize_t>LANES, nc - k * LANES)
+        for j in range(LANES):
+            local[j] = 0
+        for r in range(8):
+            row = x + ((r * rows) // 8) * nc + k * LANES
+            for j in range(LANES):
+                local[j] += (row[j] if j < width else 0) * <real>0.125
+        for j in range(width):
+            centre[k * LANES + j] = local[j]
     for ch in range(nc):
         acc_d[ch] = 0
         acc_dd[ch] = 0
-        centre[ch] = 0
-    for j in range(8):
-        row = x + offset + ((j * rows) // 8) * nc
+    for r in range(rows // 2):
+        row = x + 2 * r * nc
+        row2 = row + nc
         for ch in range(nc):
-            centre[ch] += row[ch] * <real>0.125
-    for r in range(rows):
-        row = x + offset + r * nc
+            d = row[ch] - centre[ch]
+            e = row2[ch] - centre[ch]
+            acc_d[ch] += d + e
+            acc_dd[ch] += d * d + e * e
+    if rows % 2:
+        row = x + (rows - 1) * nc
         for ch in range(nc):
             d = row[ch] - centre[ch]
             acc_d[ch] += d
             acc_dd[ch] += d * d
+
+
+cdef inline void add_residual_rows(const real* x, const real* skip, const real* skip_bias,
+                                   real* dst, Py_ssize_t rows, Py_ssize_t nc) noexcept nogil:
+    """dst = x + skip + skip_bias over `rows` contiguous rows of nc channels."""
+    cdef Py_ssize_t r, ch
+    for r in range(rows):
+        for ch in range(nc):
+            dst[r * nc + ch] = (x[r * nc + ch] + (skip[r * nc + ch] if skip != NULL else 0)) \
+                               + (skip_bias[ch] if skip_bias != NULL else 0)
+
+
+cdef inline int block_stats(const real* x, const real* skip, const real* skip_bias, real* buf,
+                            Py_ssize_t b, GroupsNHWC* g, Moments* parts) noexcept nogil:
+    """Moments of each group over one block of ROWS rows of one sample, into
+    parts[b * groups + group]: per-channel shifted sums, then each group's
+    channels combined. Returns -1 if out of memory."""
+    cdef Py_ssize_t nc = g.channels
+    cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
+    cdef Py_ssize_t rows = min(ROWS, g.rows - first)
+    cdef Py_ssize_t offset = ((b // g.blocks_per_sample) * g.rows + first) * nc
+    cdef Py_ssize_t k, ch
+    cdef real* sums = <real*>malloc(3 * nc * sizeof(real))
+    cdef Moments* channel = <Moments*>malloc(nc * sizeof(Moments))
+    cdef real* centre = sums
+    cdef real* acc_d = sums + nc
+    cdef real* acc_dd = sums + 2 * nc
+    if sums == NULL or channel == NULL:
+        free(sums)
+        free(channel)
+        return -1
+    if buf != NULL:
+        add_residual_rows(x + offset, shift(skip, offset), skip_bias, buf + offset, rows, nc)
+        x = buf
+    channel_sums(x + offset, rows, nc, centre, acc_d, acc_dd)
+    for ch in range(nc):
+        channel[ch].count = rows
+        channel[ch].mean = centre[ch] + <double>acc_d[ch] / rows
+        channel[ch].m2 = max(<double>acc_dd[ch] - <double>acc_d[ch] * (<double>acc_d[ch] / rows), 0.0)
     for k in range(g.groups):
-        reset_moments(&m)
-        for ch in range(k * g.channels_per_group, (k + 1) * g.channels_per_group):
-            channel.count = rows
-            channel.mean = centre[ch] + <double>acc_d[ch] / rows
-            channel.m2 = max(<double>acc_dd[ch] - <double>acc_d[ch] * (<double>acc_d[ch] / rows), 0.0)
-            merge_moments(&m, channel)
-        parts[b * g.groups + k] = m
-    free(scratch)
+        parts[b * g.groups + k] = combine_equal(channel + k * g.channels_per_group,
+                                                g.channels_per_group, 1)
+    free(sums)
+    free(channel)
     return 0
 
 
@@ -497,10 +593,14 @@ cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, M
     cdef real* head = table + (n * 3) * g.channels
     cdef real* a = head + g.channels
     cdef real* b = a + g.channels
+    cdef Py_ssize_t full = g.rows // ROWS   # blocks of exactly ROWS rows
+    cdef const Moments* first = parts + (n * g.blocks_per_sample) * g.groups + k
     reset_moments(&m)
-    for blk in range(g.blocks_per_sample):
-        merge_moments(&m, parts[(n * g.blocks_per_sample + blk) * g.groups + k])
-    if overflowed(m):
+    if full > 0:
+        m = combine_equal(first, full, g.groups)
+    if full < g.blocks_per_sample:
+        merge_moments(&m, first[full * g.groups])
+    if needs_exact_moments(src, m, g.eps):
         m = exact_moments(src + n * g.rows * g.channels + k * g.channels_per_group, g.rows,
                           g.channels_per_group, g.channels)
     rstd = inv_std(m, g.eps)
@@ -510,23 +610,47 @@ cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, M
 
 cdef inline void apply_block(const real* src, real* y, Py_ssize_t b, GroupsNHWC* g,
                              const real* table) noexcept nogil:
+    """Normalize one block of rows in memory order, with the sample's
+    per-channel coefficients (3 rows of C in `table`, L1-resident)."""
     cdef Py_ssize_t nc = g.channels
     cdef Py_ssize_t n = b // g.blocks_per_sample
     cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
     cdef Py_ssize_t r, offset
     cdef const real* head = table + (n * 3) * nc
+    cdef const real* a = head + nc
+    cdef const real* sh = a + nc
     for r in range(first, min(first + ROWS, g.rows)):
         offset = (n * g.rows + r) * nc
-        affine_row(src + offset, y + offset, nc, head, head + nc, head + 2 * nc, g.activation)
+        affine_table(src + offset, y + offset, nc, head, a, sh, g.activation)
+
+
+cdef inline int stats_blocks_share(const real* x, const real* skip, const real* skip_bias,
+                                   real* buf, Py_ssize_t t, int threads, Py_ssize_t blocks,
+                                   GroupsNHWC* g, Moments* parts) noexcept nogil:
+    cdef Py_ssize_t b
+    cdef int failed = 0
+    for b in range(share_start(blocks, t, threads), share_start(blocks, t + 1, threads)):
+        failed |= block_stats(x, skip, skip_bias, buf, b, g, parts)
+    return failed
+
+
+cdef inline void apply_blocks_share(const real* src, real* y, Py_ssize_t t, int threads,
+                                    Py_ssize_t blocks, GroupsNHWC* g,
+                                    const real* table) noexcept nogil:
+    # The same share as stats_blocks_share, last-read block first (still in L2).
+    cdef Py_ssize_t b
+    for b in range(share_start(blocks, t + 1, threads) - 1, share_start(blocks, t, threads) - 1, -1):
+        apply_block(src, y, b, g, table)
 
 
 cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const real* weight,
                   const real* bias, const real* skip_bias, Py_ssize_t n, GroupsNHWC* g,
                   int threads) noexcept nogil:
     """Stats per (sample, row block) in parallel, merge per (sample, group),
-    then the apply per (sample, row block). Returns 0, or -1 if out of memory."""
+    then the apply per (sample, row block); each thread takes the same share
+    of blocks in both passes. Returns 0, or -1 if out of memory."""
     cdef Py_ssize_t blocks = n * g.blocks_per_sample
-    cdef Py_ssize_t b, p
+    cdef Py_ssize_t t, p
     cdef int failed = 0
     cdef const real* src = x
     cdef Moments* parts = <Moments*>malloc(blocks * g.groups * sizeof(Moments))
@@ -537,13 +661,20 @@ cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const rea
         free(parts)
         free(table)
         return -1
-    for b in prange(blocks, num_threads=threads, schedule="static"):
-        failed |= block_stats(x, skip, skip_bias, buf, b, g, parts)
-    if failed == 0:
+    if threads == 1:  # no parallel region at all: opening one costs ~1 us
+        failed = stats_blocks_share(x, skip, skip_bias, buf, 0, 1, blocks, g, parts)
+    else:
+        for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+            failed |= stats_blocks_share(x, skip, skip_bias, buf, t, threads, blocks, g, parts)
+    if failed == 0 and threads == 1:
+        for p in range(n * g.groups):
+            merge_blocks_at(src, p, g, parts, weight, bias, table)
+        apply_blocks_share(src, y, 0, 1, blocks, g, table)
+    elif failed == 0:
         for p in prange(n * g.groups, num_threads=threads, schedule="static"):
             merge_blocks_at(src, p, g, parts, weight, bias, table)
-        for b in prange(blocks, num_threads=threads, schedule="static"):
-            apply_block(src, y, b, g, table)
+        for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+            apply_blocks_share(src, y, t, threads, blocks, g, table)
     free(parts)
     free(table)
     return -1 if failed else 0
