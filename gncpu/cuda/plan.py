@@ -151,6 +151,7 @@ def plan_group_norm(batch, channels, spatial, groups, *, eps, channels_last=Fals
         _check_index_range(spatial * channels, "one sample (spatial x C)")
         # rows per block: about chunk_elements elements, whole rows of the tile
         rows_per_chunk, row_chunks = _chunking(spatial, max(1, chunk_elements // tile))
+        _check_index_range(batch * (channels // tile), "N x channel tiles (the grid's x size)")
         tiles_per_group = group_channels // tile if group_channels > tile else 1
         stats_chunks = row_chunks * tiles_per_group
         stats = Launch("gn_stats_nhwc_tiled", (batch * (channels // tile), row_chunks, 1), block,
