@@ -74,6 +74,9 @@ def config():
 
 
 def show_config():
-    """Print the configuration: version, compiler, OpenMP, threads, SIMD variant."""
-    for key, value in config().items():
+    """Print the configuration: version, compiler, OpenMP, threads, SIMD
+    variant, and what the CUDA path would use (imports CuPy if installed)."""
+    from . import cuda
+
+    for key, value in {**config(), **cuda.config()}.items():
         print(f"{key:>22}: {value}")
