@@ -108,9 +108,12 @@ class InferenceSession:
     num_threads: threads for gncpu kernels and BLAS during run() (None: library
         defaults; BLAS is limited through threadpoolctl when it is installed).
     fuse: rewrite GroupNorm patterns into native nodes (default True).
+    allow_fallback: run ops without a native implementation through
+        onnx.reference (default True); False makes such models fail to load.
     """
 
-    def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True):
+    def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True,
+                 allow_fallback: bool = True):
         if num_threads is not None:
             from .._config import _count
             num_threads = _count(num_threads, "num_threads")
@@ -141,6 +144,8 @@ class InferenceSession:
         self._last_profile: Optional[Dict[str, dict]] = None
         self._threadpools = _threadpool_controller() if num_threads is not None else None
         fallback = Counter(s.kernel.label for s in self._plan.steps if s.kernel.kind == "fallback")
+        if fallback and not allow_fallback:
+            raise InvalidModelError(f"no native implementation for {dict(fallback)} and allow_fallback=False")
         if fallback:
             listed = ", ".join(f"{op} x{count}" for op, count in sorted(fallback.items()))
             warnings.warn(f"gncpu.onnx: {sum(fallback.values())} node(s) have no native implementation and run "
@@ -310,6 +315,9 @@ class InferenceSession:
             if info.name not in input_feed:
                 raise ValueError(f"input_feed: missing input {info.name!r} (expected {_describe_info(info)})")
             value = input_feed[info.name]
+            if info.dtype is None and info.shape is None:
+                feeds[info.name] = value  # a sequence, map or optional: passed through as given
+                continue
             if not isinstance(value, np.ndarray):
                 value = np.asarray(value)
             if info.dtype is not None and value.dtype != info.dtype:
