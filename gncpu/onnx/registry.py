@@ -26,6 +26,7 @@ class OpEntry:
     since: int
     fn: Callable
     wants_output_count: bool = False
+    supports: Optional[Callable] = None   # supports(attrs) -> bool; False: the node runs via fallback
 
 
 _REGISTRY: Dict[Tuple[str, str], List[OpEntry]] = {}
@@ -35,15 +36,20 @@ def _domain(domain: str) -> str:
     return "" if domain in ("", "ai.onnx") else domain
 
 
-def register(op_type: str, since: int, domain: str = "", *, wants_output_count: bool = False):
-    """Register `fn` as the implementation of `domain::op_type` from opset `since` on."""
+def register(op_type: str, since: int, domain: str = "", *, wants_output_count: bool = False,
+             supports: Optional[Callable] = None):
+    """Register `fn` as the implementation of `domain::op_type` from opset `since` on.
+
+    `supports(attrs) -> bool`, if given, says whether this implementation
+    covers a node with these attributes (e.g. Resize modes); nodes it does not
+    cover run through the onnx.reference fallback instead."""
     if not isinstance(since, int) or since < 1:
         raise ValueError(f"register({op_type!r}): since={since!r} must be an opset version >= 1")
 
     def decorator(fn: Callable) -> Callable:
         entries = _REGISTRY.setdefault((_domain(domain), op_type), [])
         entries[:] = [e for e in entries if e.since != since]  # re-registration replaces
-        entries.append(OpEntry(op_type, _domain(domain), since, fn, wants_output_count))
+        entries.append(OpEntry(op_type, _domain(domain), since, fn, wants_output_count, supports))
         entries.sort(key=lambda e: e.since)
         return fn
 
