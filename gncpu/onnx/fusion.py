@@ -31,6 +31,7 @@ from .graph import Graph, Node
 FUSED_DOMAIN = "gncpu"
 FUSED_OP = "GroupNorm"
 
+DECOMPOSED_KEYS = ("torch_instance_norm", "decomposed_group_norm", "channels_last_decomposition")
 COUNT_KEYS = ("torch_instance_norm", "decomposed_group_norm", "channels_last_decomposition",
               "group_normalization", "contrib_group_norm", "silu", "relu", "gelu", "gelu_tanh")
 
@@ -42,8 +43,10 @@ NATIVE_GROUP_NORMS = {(FUSED_DOMAIN, FUSED_OP), ("", "GroupNormalization"),
 def fuse_graph(graph: Graph) -> Dict[str, int]:
     """Fuse every provable group normalization in `graph` (in place).
 
-    Returns counts per pattern (keys COUNT_KEYS) and, under "native_group_norms",
-    how many native group-norm nodes the graph holds afterwards."""
+    Returns counts per pattern (keys COUNT_KEYS); "native_group_norms", how
+    many native group-norm nodes the graph holds afterwards; and the summary
+    keys "group_norm_fused" (decomposed GNs fused), "silu_fused" and
+    "patterns" (the non-zero counts)."""
     counts = dict.fromkeys(COUNT_KEYS, 0)
     shapes, dtypes = static_shapes(graph)
 
@@ -58,6 +61,10 @@ def fuse_graph(graph: Graph) -> Dict[str, int]:
     if any(n.domain == FUSED_DOMAIN for n in graph.nodes):
         graph.opsets.setdefault(FUSED_DOMAIN, 1)
     counts["native_group_norms"] = count_native_group_norms(graph)
+    # The summary keys gncpu.onnx.InferenceSession.stats() reads.
+    counts["group_norm_fused"] = sum(counts[k] for k in DECOMPOSED_KEYS)
+    counts["silu_fused"] = counts["silu"]
+    counts["patterns"] = {k: counts[k] for k in COUNT_KEYS if counts[k]}
     return counts
 
 

@@ -60,15 +60,6 @@ def _per_channel(op, name, value, channels, what="(C,)"):
 
 def _run(x, groups, scale, bias, epsilon, *, activation="", channels_last=False,
          skip=None, skip_bias=None, return_sum=False):
-    import inspect  # TEMP-SHIM until main's kernel API (activation, skip, channels_last) lands
-    if "activation" not in inspect.signature(functional.group_norm).parameters:
-        from ... import reference
-        out = reference.group_norm(x, groups, scale, bias, float(epsilon), activation=activation or None,
-                                   channels_last=bool(channels_last), skip=skip, skip_bias=skip_bias,
-                                   return_sum=return_sum)
-        if return_sum:
-            return out[0].astype(x.dtype), out[1].astype(x.dtype)
-        return out.astype(x.dtype)
     return functional.group_norm(
         x, groups, scale, bias, float(epsilon), activation=activation or None,
         channels_last=bool(channels_last), skip=skip, skip_bias=skip_bias, return_sum=return_sum)
