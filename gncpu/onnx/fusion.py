@@ -81,7 +81,7 @@ def _anchors(idx: GraphIndex) -> List[str]:
     casts x to its stash type first)."""
     found = []
     for node in idx.graph.nodes:
-        if node.domain != "" or node.op_type not in ("Reshape",) or not node.inputs[0]:
+        if node.domain != "" or node.op_type not in ("Reshape", "InstanceNormalization") or not node.inputs[0]:
             continue
         name = node.inputs[0]
         producer = idx.producer.get(name)

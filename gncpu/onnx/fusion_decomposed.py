@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .fusion_facts import Dim, GraphIndex, const_value, is_float_cast, shape_entries
+from .fusion_facts import Dim, GraphIndex, canonical_dim, const_value, is_float_cast, shape_entries
 from .graph import Node
 
 # Monomial key: exponents of (X, M, Q, R). R**-1 is the standard deviation.
@@ -91,7 +91,7 @@ class _Context:
         self.channels_last = channels_last
         shape = shapes[x]
         self.rank = len(shape)
-        self.xdims = tuple(d if d is not None else Dim(x, i) for i, d in enumerate(shape))
+        self.xdims = tuple(d if d is not None else canonical_dim(index, Dim(x, i)) for i, d in enumerate(shape))
         channels = shape[-1] if channels_last else shape[1]
         if not isinstance(channels, int):
             raise NotProven("channel count unknown")
@@ -186,7 +186,7 @@ class _Context:
         shape = self.index.shapes.get(name)
         if shape is None:
             return None
-        return [d if d is not None else Dim(name, i) for i, d in enumerate(shape)]
+        return [d if d is not None else canonical_dim(self.index, Dim(name, i)) for i, d in enumerate(shape)]
 
     def reshape(self, node: Node, value: Value) -> Value:
         if not all(value.mask):
@@ -194,6 +194,7 @@ class _Context:
         target = shape_entries(self.index, node.inputs[1], self.dims_of)
         if target is None:
             raise NotProven("reshape target not provable")
+        target = [canonical_dim(self.index, t) if isinstance(t, Dim) else t for t in target]
         if not node.attrs.get("allowzero", 0):
             src = value.view.dims
             if any(t == 0 and i >= len(src) for i, t in enumerate(target)):
@@ -401,7 +402,11 @@ class _Evaluator:
     def instance_norm(self, node, value: Value) -> Value:
         ctx, view = self.ctx, value.view
         rank = len(view.roles)
-        if view.within != frozenset(range(2, rank)) or view.roles[1] != _ROLE_G:
+        if view.kind == "x" and not ctx.channels_last and ctx.groups in (None, ctx.channels):
+            # On x itself an instance norm is GN with G = C (exporters drop
+            # the no-op Reshape(x, [N, C, -1]) of GroupNorm(C, C)).
+            ctx.groups = ctx.channels
+        elif view.within != frozenset(range(2, rank)) or view.roles[1] != _ROLE_G:
             raise NotProven("InstanceNormalization over something other than groups")
         if set(value.poly) != {(1, 0, 0, 0)} or not np.all(value.poly[(1, 0, 0, 0)] == 1.0):
             raise NotProven("InstanceNormalization of a transformed x")

@@ -185,6 +185,42 @@ def _elem(dtype) -> int:
 
 
 # ----------------------------------------------------------------------------
+# symbolic dimensions
+
+# Ops whose output keeps every dimension of input 0.
+_SAME_SHAPE = {"Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "Erf", "Neg", "Abs", "Exp",
+               "Sqrt", "Reciprocal", "Softplus", "LeakyRelu", "Elu", "Gelu", "HardSigmoid",
+               "HardSwish", "Mish", "Clip", "Dropout", "BatchNormalization", "InstanceNormalization",
+               "LayerNormalization", "GroupNormalization", "Softmax", "LogSoftmax"}
+# Ops whose output keeps the batch dimension (axis 0) of input 0.
+_SAME_BATCH = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool",
+               "GlobalMaxPool", "Resize", "Upsample", "Pad", "LpPool"}
+
+
+def canonical_dim(index: GraphIndex, dim: Dim, _depth: int = 0) -> Dim:
+    """The earliest tensor dimension provably equal to `dim`, so that
+    Shape(conv_out)[0] and Shape(Transpose(conv_out))[0] compare equal."""
+    while _depth < 256:
+        _depth += 1
+        node = index.producer.get(dim.tensor)
+        if node is None or node.domain != "" or not node.inputs or not node.inputs[0]:
+            return dim
+        op = node.op_type
+        if op == "Transpose":
+            perm = node.attrs.get("perm")
+            if perm is None or dim.axis >= len(perm):
+                return dim
+            dim = Dim(node.inputs[0], int(perm[dim.axis]))
+        elif op in _SAME_SHAPE and node.outputs[0] == dim.tensor:
+            dim = Dim(node.inputs[0], dim.axis)
+        elif op in _SAME_BATCH and dim.axis == 0 and node.outputs[0] == dim.tensor:
+            dim = Dim(node.inputs[0], 0)
+        else:
+            return dim
+    return dim
+
+
+# ----------------------------------------------------------------------------
 # shape tensors
 
 def shape_entries(index: GraphIndex, name: str, dims_of, _depth: int = 0) -> Optional[list]:
