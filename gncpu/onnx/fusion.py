@@ -177,6 +177,8 @@ def _from_group_normalization(graph, idx, node, opset):
     groups = int(groups)
     shape = idx.shapes.get(x)
     channels = shape[1] if shape is not None and len(shape) >= 2 else None
+    if channels is not None and (groups <= 0 or channels % groups):
+        return None  # malformed: left to the native op, whose error names this node
     scale_value, bias_value = const_value(idx, scale), const_value(idx, bias)
     if opset >= 21:
         # Only rename when the weights are provably per channel: a model whose
