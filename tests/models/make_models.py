@@ -1,0 +1,274 @@
+"""Regenerate the small exporter-made models in this folder.
+
+The tests only read the committed .onnx files (no torch or TensorFlow needed
+to run them). Each family comes from the real exporter:
+
+    python tests/models/make_models.py torch      # torch 2.13: legacy exporter at opsets 14, 17;
+                                                  # dynamo exporter at 18 and 21 (needs onnxscript)
+    python tests/models/make_models.py keras      # TensorFlow/Keras + tf2onnx (opset 17)
+    python tests/models/make_models.py function   # GroupNormalization-18/21 with the ONNX
+                                                  # function body inlined (what onnxruntime runs)
+
+TensorFlow and tf2onnx pin their own protobuf/numpy, so the keras family is
+best run from a separate virtual environment:
+
+    python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu tf2onnx
+    /tmp/tfenv/bin/python tests/models/make_models.py keras
+
+Names: <family>_<model>[_opset<k>].onnx. Every model's first input is the
+data input; weights are seeded so files regenerate identically.
+"""
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------
+# torch
+
+def _torch_modules():
+    import torch
+    from torch import nn
+
+    class ConvGNSiLU(nn.Module):
+        """Conv2d -> GroupNorm -> SiLU, the SD UNet/VAE building block."""
+
+        def __init__(self, groups=4, channels=8, affine=True):
+            super().__init__()
+            self.conv = nn.Conv2d(4, channels, 3, padding=1)
+            self.norm = nn.GroupNorm(groups, channels, eps=1e-6, affine=affine)
+
+        def forward(self, x):
+            return nn.functional.silu(self.norm(self.conv(x)))
+
+    class ConvGN(nn.Module):
+        """GroupNorm without an activation after it (BiT / PoolFormer style)."""
+
+        def __init__(self, groups, channels=8):
+            super().__init__()
+            self.conv = nn.Conv2d(4, channels, 3, padding=1)
+            self.norm = nn.GroupNorm(groups, channels)
+
+        def forward(self, x):
+            return self.norm(self.conv(x)) + 1.0
+
+    class Wav2Vec2FeatureLayer(nn.Module):
+        """wav2vec2's first feature-encoder layer: Conv1d -> GroupNorm(G = C) -> GELU."""
+
+        def __init__(self, channels=16):
+            super().__init__()
+            self.conv = nn.Conv1d(1, channels, 10, stride=5, bias=False)
+            self.norm = nn.GroupNorm(channels, channels)
+
+        def forward(self, x):
+            return nn.functional.gelu(self.norm(self.conv(x)))
+
+    class ResnetBlock(nn.Module):
+        def __init__(self, channels, groups):
+            super().__init__()
+            self.norm1 = nn.GroupNorm(groups, channels, eps=1e-6)
+            self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.norm2 = nn.GroupNorm(groups, channels, eps=1e-6)
+            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+        def forward(self, x):
+            h = self.conv1(nn.functional.silu(self.norm1(x)))
+            h = self.conv2(nn.functional.silu(self.norm2(h)))
+            return x + h
+
+    class AttnBlock(nn.Module):
+        """The VAE mid-block attention: GroupNorm (no activation) -> q, k, v."""
+
+        def __init__(self, channels, groups):
+            super().__init__()
+            self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+            self.qkv = nn.Linear(channels, 3 * channels)
+            self.out = nn.Linear(channels, channels)
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            t = self.norm(x).reshape(n, c, h * w).transpose(1, 2)
+            q, k, v = self.qkv(t).chunk(3, dim=-1)
+            a = torch.softmax(q @ k.transpose(1, 2) / c ** 0.5, dim=-1) @ v
+            return x + self.out(a).transpose(1, 2).reshape(n, c, h, w)
+
+    class VaeDecoderBlock(nn.Module):
+        """A scaled-down SD VAE decoder stage: conv_in, mid (resnet, attention,
+        resnet), up (resnet, nearest upsample, conv), norm_out -> SiLU -> conv_out."""
+
+        def __init__(self, latent=4, channels=32, groups=8):
+            super().__init__()
+            self.conv_in = nn.Conv2d(latent, channels, 3, padding=1)
+            self.mid1 = ResnetBlock(channels, groups)
+            self.attn = AttnBlock(channels, groups)
+            self.mid2 = ResnetBlock(channels, groups)
+            self.up1 = ResnetBlock(channels, groups)
+            self.up_conv = nn.Conv2d(channels, channels, 3, padding=1)
+            self.norm_out = nn.GroupNorm(groups, channels, eps=1e-6)
+            self.conv_out = nn.Conv2d(channels, 3, 3, padding=1)
+
+        def forward(self, z):
+            h = self.mid2(self.attn(self.mid1(self.conv_in(z))))
+            h = self.up1(h)
+            h = self.up_conv(nn.functional.interpolate(h, scale_factor=2.0, mode="nearest"))
+            return self.conv_out(nn.functional.silu(self.norm_out(h)))
+
+    def randomize(module):
+        # Non-trivial affine parameters, so a fusion that dropped them would show.
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for sub in module.modules():
+                if isinstance(sub, nn.GroupNorm) and sub.affine:
+                    sub.weight.copy_(1 + 0.5 * torch.randn(sub.weight.shape, generator=generator))
+                    sub.bias.copy_(0.5 * torch.randn(sub.bias.shape, generator=generator))
+        return module.eval()
+
+    return {
+        # name: (module, example input shape)
+        "conv_gn_silu": (lambda: randomize(ConvGNSiLU()), (1, 4, 8, 8)),
+        "gn_no_affine_silu": (lambda: randomize(ConvGNSiLU(affine=False)), (2, 4, 6, 6)),
+        "gn_g1": (lambda: randomize(ConvGN(groups=1)), (1, 4, 7, 7)),
+        "gn_g_equals_c": (lambda: randomize(ConvGN(groups=8)), (1, 4, 5, 5)),
+        "wav2vec2_conv1d_gn": (lambda: randomize(Wav2Vec2FeatureLayer()), (1, 1, 400)),
+        "vae_decoder_block": (lambda: randomize(VaeDecoderBlock()), (1, 4, 8, 8)),
+    }
+
+
+def make_torch():
+    import torch
+
+    torch.manual_seed(0)
+    written = []
+    for name, (build, shape) in _torch_modules().items():
+        for exporter, opset in (("legacy", 14), ("legacy", 17), ("dynamo", 18), ("dynamo", 21)):
+            torch.manual_seed(0)
+            module = build()
+            example = (torch.randn(shape),)
+            path = os.path.join(HERE, f"torch_{exporter}_{name}_opset{opset}.onnx")
+            if exporter == "legacy":
+                torch.onnx.export(module, example, path, opset_version=opset, dynamo=False,
+                                  input_names=["x"], output_names=["y"])
+            else:
+                program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
+                                            input_names=["x"], output_names=["y"])
+                program.save(path)
+            written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------
+# keras / tf2onnx
+
+def make_keras():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf2onnx
+
+    def build(name):
+        tf.keras.utils.set_random_seed(0)
+        if name == "conv1d_gn":
+            inp = tf.keras.Input((40, 1))
+            h = tf.keras.layers.Conv1D(16, 5, strides=2)(inp)
+            h = tf.keras.layers.GroupNormalization(groups=16)(h)
+            out = tf.keras.activations.relu(h)  # tf2onnx cannot convert exact GELU (Erfc)
+            return tf.keras.Model(inp, out), (None, 40, 1)
+        groups = {"gn_silu": 4, "gn_g1": 1, "gn_g_equals_c": 8}[name]
+        inp = tf.keras.Input((6, 6, 3))
+        h = tf.keras.layers.Conv2D(8, 3, padding="same")(inp)
+        h = tf.keras.layers.GroupNormalization(groups=groups)(h)
+        out = tf.keras.activations.silu(h) if name == "gn_silu" else h * 2.0
+        return tf.keras.Model(inp, out), (None, 6, 6, 3)
+
+    written = []
+    rng = np.random.default_rng(0)
+    for name in ("gn_silu", "gn_g1", "gn_g_equals_c", "conv1d_gn"):
+        model, shape = build(name)
+        for layer in model.layers:
+            if isinstance(layer, tf.keras.layers.GroupNormalization):
+                gamma, beta = layer.get_weights()
+                layer.set_weights([1 + 0.5 * rng.standard_normal(gamma.shape).astype(np.float32),
+                                   0.5 * rng.standard_normal(beta.shape).astype(np.float32)])
+        spec = (tf.TensorSpec(shape, tf.float32, name="x"),)
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
+        path = os.path.join(HERE, f"tf2onnx_{name}_opset17.onnx")
+        with open(path, "wb") as f:
+            f.write(proto.SerializeToString())
+        written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------
+# GroupNormalization's ONNX function body, inlined
+
+def _inline_function_body(opset, x_shape, groups, epsilon, silu):
+    """A model whose GN is the schema's own function body expanded in place
+    (how onnxruntime runs GroupNormalization), weights as initializers."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels = x_shape[1]
+    param_shape = [groups] if opset < 21 else [channels]
+    node = helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["gn"],
+                            num_groups=groups, epsilon=epsilon)
+    types = [helper.make_tensor_type_proto(TensorProto.FLOAT, s)
+             for s in (x_shape, param_shape, param_shape)]
+    schema = onnx.defs.get_schema("GroupNormalization", opset)
+    body = onnx.FunctionProto()
+    body.ParseFromString(schema.get_context_dependent_function(
+        node.SerializeToString(), [t.SerializeToString() for t in types]))
+    # Rename the body's values so they read like an exporter's and cannot
+    # collide with the graph's; formal parameters map to the graph's names.
+    mapping = {"X": "x", "scale": "scale", "bias": "bias", "Y": "gn"}
+    nodes = []
+    for k, n in enumerate(body.node):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(n)
+        copy.name = f"gn_body_{k}_{n.op_type}"
+        copy.input[:] = [mapping.get(i, f"gn/{i}") if i else "" for i in n.input]
+        copy.output[:] = [mapping.get(o, f"gn/{o}") for o in n.output]
+        nodes.append(copy)
+    rng = np.random.default_rng(opset)
+    initializers = [
+        numpy_helper.from_array((1 + 0.5 * rng.standard_normal(param_shape)).astype(np.float32), "scale"),
+        numpy_helper.from_array((0.5 * rng.standard_normal(param_shape)).astype(np.float32), "bias"),
+    ]
+    output = "gn"
+    if silu:
+        nodes += [helper.make_node("Sigmoid", ["gn"], ["gn_sigmoid"]),
+                  helper.make_node("Mul", ["gn", "gn_sigmoid"], ["y"])]
+        output = "y"
+    graph = helper.make_graph(nodes, f"group_norm_{opset}_function_body",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
+                              initializer=initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                             producer_name="gncpu tests/models/make_models.py")
+
+
+def make_function():
+    import onnx
+
+    written = []
+    cases = {
+        "function_body_gn_silu": ((1, 8, 6, 6), 4, 1e-5, True),
+        "function_body_gn_rank3": ((2, 12, 10), 3, 1e-6, False),
+        "function_body_gn_g1": ((1, 6, 4, 4), 1, 1e-5, True),
+    }
+    for name, (shape, groups, eps, silu) in cases.items():
+        for opset in (18, 21):
+            path = os.path.join(HERE, f"{name}_opset{opset}.onnx")
+            onnx.save(_inline_function_body(opset, shape, groups, eps, silu), path)
+            written.append(path)
+    return written
+
+
+FAMILIES = {"torch": make_torch, "keras": make_keras, "function": make_function}
+
+if __name__ == "__main__":
+    wanted = sys.argv[1:] or list(FAMILIES)
+    for family in wanted:
+        for path in FAMILIES[family]():
+            print(f"{os.path.getsize(path):8d}  {os.path.relpath(path)}")
