@@ -10,10 +10,19 @@ import numpy as np
 
 from ..registry import register
 
-try:  # scipy's erf is vectorized and exact to float64 rounding; optional
-    from scipy.special import erf as _scipy_erf
-except ImportError:  # pragma: no cover - exercised only without scipy
-    _scipy_erf = None
+_scipy_erf = None  # resolved on first use: importing scipy.special costs ~0.2 s
+
+
+def _erf_function():
+    """scipy's erf if installed (vectorized, exact to float64 rounding), else ours."""
+    global _scipy_erf
+    if _scipy_erf is None:
+        try:
+            from scipy.special import erf as scipy_erf
+        except ImportError:  # pragma: no cover - exercised only without scipy
+            scipy_erf = False
+        _scipy_erf = scipy_erf
+    return _scipy_erf
 
 
 def _same_type(result, like):
@@ -149,8 +158,9 @@ def sigmoid(x):
 
 def erf_array(x):
     """erf elementwise, accurate to float64 rounding, in x's dtype."""
-    if _scipy_erf is not None:
-        return _same_type(_scipy_erf(x), x)
+    scipy_erf = _erf_function()
+    if scipy_erf:
+        return _same_type(scipy_erf(x), x)
     return _same_type(_erf_numpy(np.asarray(x, dtype=np.float64)), x)
 
 
