@@ -276,11 +276,28 @@ class InferenceSession:
         results = []
         for name in names:
             value = env[name]
-            if value is self._graph.initializers.get(name) or value is feeds.get(name):
-                value = np.array(value, copy=True)  # never hand out the session's or the caller's buffers
+            if isinstance(value, np.ndarray) and self._aliases_held_buffer(value, feeds):
+                value = value.copy()  # never hand out the session's or the caller's buffers
             results.append(value)
         self._last_output_shapes = {name: np.shape(v) for name, v in zip(names, results)}
         return results
+
+    def _aliases_held_buffer(self, value, feeds) -> bool:
+        """Whether `value` is (a view of) an initializer or a feed: Identity,
+        Reshape and friends return views, and writing into such an output
+        would change the model or the caller's array."""
+        base = value
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        held = [a for a in self._graph.initializers.values() if isinstance(a, np.ndarray)]
+        held += [a for a in feeds.values() if isinstance(a, np.ndarray)]
+        for array in held:
+            root = array
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            if root is base or np.may_share_memory(value, array):
+                return True
+        return False
 
     def _check_output_names(self, output_names):
         available = [v.name for v in self._declared_outputs]
