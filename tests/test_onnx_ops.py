@@ -55,6 +55,15 @@ def _conv_cases():
         Case("Conv", [f32(1, 512, 20), f32(512, 1, 5), f32(512)], {"group": 512, "pads": [2, 2]},
              id="Conv1d_depthwise_512"),
         Case("Conv", [f32(1, 16, 40), f32(32, 1, 10)], {"group": 16, "strides": [5]}, id="Conv1d_w2v_strided_grouped"),
+        # Large enough that the session splits the work over threads (see ops/parallel.py).
+        Case("Conv", [f32(1, 48, 40, 40), f32(48, 48, 3, 3), f32(48)], {"pads": [1, 1, 1, 1]}, id="Conv_threaded"),
+        Case("Conv", [f32(1, 48, 40, 40), f32(64, 48, 3, 3), f32(64)], {"pads": [1, 1, 1, 1], "strides": [2, 2]},
+             id="Conv_threaded_strided"),
+        Case("Conv", [f32(2, 96, 40, 40), f32(96, 1, 5, 5), f32(96)], {"pads": [2, 2, 2, 2], "group": 96},
+             id="Conv_threaded_depthwise"),
+        Case("Conv", [f32(1, 96, 40, 40), f32(96, 1, 3, 3)], {"strides": [2, 2], "group": 96},
+             id="Conv_threaded_depthwise_strided"),
+        Case("Conv", [f32(1, 256, 48, 48), f32(128, 256, 1, 1)], {}, id="Conv_threaded_pointwise"),
     ]
     return cases
 
@@ -64,6 +73,10 @@ CASES = _conv_cases() + [
     Case("MatMul", [f32(2, 3, 4), f32(4, 5)], id="MatMul_batched"),
     Case("MatMul", [f32(2, 1, 3, 4), f32(5, 4, 6)], id="MatMul_broadcast"),
     Case("MatMul", [f32(4), f32(4, 3)], id="MatMul_vector"),
+    Case("MatMul", [f32(2, 300, 128), f32(128, 96)], id="MatMul_threaded_rows"),
+    Case("MatMul", [f32(16, 256), f32(256, 1200)], id="MatMul_threaded_columns"),
+    Case("MatMul", [f32(3, 1, 200, 64), f32(4, 64, 200)], id="MatMul_threaded_batched"),
+    Case("MatMul", [f32(1, 300, 128), f32(1, 128, 300)], id="MatMul_threaded_batch1"),
     Case("Gemm", [f32(3, 4), f32(4, 5), f32(5)]),
     Case("Gemm", [f32(4, 3), f32(5, 4), f32(3, 5)], {"transA": 1, "transB": 1, "alpha": 0.5, "beta": 2.0},
          id="Gemm_trans_alpha_beta"),

@@ -224,8 +224,11 @@ def test_unused_branches_are_removed():
 
 
 def test_results_do_not_depend_on_thread_count():
-    model = _conv_relu_model(shape=(2, 3, 32, 32))
-    x = RNG.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    w = RNG.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    model = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                    helper.make_node("Relu", ["c"], ["y"])],
+                   [_vi("x", [2, 32, 64, 64])], [_vi("y", None)], [numpy_helper.from_array(w, "w")])
+    x = RNG.standard_normal((2, 32, 64, 64)).astype(np.float32)
     one = InferenceSession(model, num_threads=1).run(None, {"x": x})[0]
     two = InferenceSession(model, num_threads=2).run(None, {"x": x})[0]
     np.testing.assert_allclose(one, two, rtol=1e-6, atol=1e-6)

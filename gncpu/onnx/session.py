@@ -136,7 +136,7 @@ class InferenceSession:
         self._load_seconds = time.perf_counter() - start
         self._last_output_shapes: Dict[str, tuple] = {}
         self._last_profile: Optional[Dict[str, dict]] = None
-        self._threadpools = _threadpool_controller() if num_threads is not None else None
+        self._threadpools = _threadpool_controller()
         fallback = Counter(s.kernel.label for s in self._plan.steps if s.kernel.kind == "fallback")
         if fallback and not allow_fallback:
             raise InvalidModelError(f"no native implementation for {dict(fallback)} and allow_fallback=False")
@@ -271,7 +271,14 @@ class InferenceSession:
         feeds = self._check_feeds(input_feed)
         env = dict(self._graph.initializers)
         env.update(feeds)
-        with context.using_threads(self._num_threads), _blas_limit(self._threadpools, self._num_threads):
+        if self._threadpools is not None:
+            # Ops split big products over our own threads with BLAS held to one thread each
+            # (see ops/parallel.py); without threadpoolctl BLAS does its own threading.
+            op_threads = self._num_threads if self._num_threads is not None else _default_threads()
+            limit = self._threadpools.limit(limits=1, user_api="blas")
+        else:
+            op_threads, limit = 1, _NoLimit()
+        with context.using_threads(self._num_threads, op_threads), limit:
             env = self._plan.execute(env, names, on_step)
         results = []
         for name in names:
@@ -364,12 +371,24 @@ def _describe_info(info: ValueInfo) -> str:
     return f"{info.name!r} {_type_string(info.dtype)} {_shape_str(info.shape)}"
 
 
+_controller = None
+
+
 def _threadpool_controller():
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController()
+    """One threadpoolctl controller per process (building one scans the loaded libraries)."""
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
+        _controller = ThreadpoolController()
+    return _controller
+
+
+def _default_threads():
+    from .._config import get_num_threads
+    return get_num_threads()
 
 
 class _NoLimit:
@@ -379,8 +398,3 @@ class _NoLimit:
     def __exit__(self, *exc):
         return False
 
-
-def _blas_limit(controller, num_threads):
-    if controller is None or num_threads is None:
-        return _NoLimit()
-    return controller.limit(limits=num_threads, user_api="blas")

@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 from ..registry import register
+from .parallel import chunks, run_tasks, split_count
 
 _workspace = threading.local()
 
@@ -109,6 +110,24 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     return y.astype(x.dtype, copy=False)
 
 
+# Column blocks per thread: a few, so that a thread descheduled by the OS holds up
+# only a small share; each block stays wide enough (>= 256 columns) for BLAS.
+_BLOCKS_PER_THREAD = 2
+_MIN_BLOCK_COLUMNS = 256
+# Below ~2M multiply-adds per thread (~0.1 ms) handing work to a thread costs more than it saves.
+_MIN_MACS_PER_THREAD = 1 << 21
+
+
+def _column_blocks(columns, rows_times_depth):
+    threads = split_count(columns * rows_times_depth, _MIN_MACS_PER_THREAD)
+    if threads <= 1:
+        return [(0, columns)], 1
+    # Every block re-packs the whole weight matrix: big weights get one block per thread.
+    per_thread = 1 if rows_times_depth >= (1 << 20) else _BLOCKS_PER_THREAD
+    parts = min(threads * per_thread, max(columns // _MIN_BLOCK_COLUMNS, 1))
+    return chunks(columns, parts, align=16), threads
+
+
 def _conv_unit_stride(xp, weight, bias, group, kernel, dilations, out_dims, y):
     """One sample, strides 1: windows of the flattened padded input."""
     c = xp.shape[0]
@@ -123,21 +142,24 @@ def _conv_unit_stride(xp, weight, bias, group, kernel, dilations, out_dims, y):
     k_count = len(offsets)
     pointwise = k_count == 1 and offsets[0] == 0 and span == flat.shape[1]
     cg, mg = c // group, m // group
-    result = np.empty((m, span), dtype=y.dtype) if not pointwise else None
-    for g in range(group):
-        w_g = weight[g * mg:(g + 1) * mg].reshape(mg, cg * k_count)
-        x_g = flat[g * cg:(g + 1) * cg]
-        if pointwise:
-            cols = x_g
-        else:
-            cols = _scratch((cg, k_count, span), y.dtype)
+    result = y.reshape(m, -1) if pointwise else np.empty((m, span), dtype=y.dtype)
+    blocks, threads = _column_blocks(span, m * cg * k_count)
+    w_groups = [weight[g * mg:(g + 1) * mg].reshape(mg, cg * k_count) for g in range(group)]
+
+    def block_task(g, start, stop):
+        def task():
+            x_g = flat[g * cg:(g + 1) * cg]
+            out = result[g * mg:(g + 1) * mg, start:stop]
+            if pointwise:
+                np.matmul(w_groups[g], x_g[:, start:stop], out=out)
+                return
+            cols = _scratch((cg, k_count, stop - start), y.dtype)
             for k, offset in enumerate(offsets):
-                cols[:, k, :] = x_g[:, offset:offset + span]
-            cols = cols.reshape(cg * k_count, span)
-        if pointwise:
-            np.matmul(w_g, cols, out=y[g * mg:(g + 1) * mg].reshape(mg, -1))
-        else:
-            np.matmul(w_g, cols, out=result[g * mg:(g + 1) * mg])
+                cols[:, k, :] = x_g[:, offset + start:offset + stop]
+            np.matmul(w_groups[g], cols.reshape(cg * k_count, stop - start), out=out)
+        return task
+
+    run_tasks([block_task(g, start, stop) for g in range(group) for start, stop in blocks], threads)
     if not pointwise:
         # View the padded-width rows as the output grid (dropping the wrap-around columns).
         itemsize = result.itemsize
@@ -153,39 +175,121 @@ def _conv_unit_stride(xp, weight, bias, group, kernel, dilations, out_dims, y):
 
 
 def _conv_strided(xp, weight, bias, group, kernel, strides, dilations, out_dims, y):
-    """One sample, any strides: one strided copy per kernel offset into the columns."""
+    """One sample, any strides: one strided copy per kernel offset into the
+    columns, in blocks of output rows (the first spatial dim)."""
     c = xp.shape[0]
     m = weight.shape[0]
     cg, mg = c // group, m // group
     offsets = list(itertools.product(*(range(k) for k in kernel)))
-    positions = int(np.prod(out_dims))
-    cols = _scratch((c, len(offsets)) + out_dims, y.dtype)
-    for k, index in enumerate(offsets):
-        window = tuple(slice(i * d, i * d + s * (o - 1) + 1, s)
-                       for i, d, s, o in zip(index, dilations, strides, out_dims))
-        cols[(slice(None), k) + (slice(None),) * len(out_dims)] = xp[(slice(None),) + window]
-    cols = cols.reshape(c, len(offsets), positions)
-    out = y.reshape(m, positions)
-    for g in range(group):
-        w_g = weight[g * mg:(g + 1) * mg].reshape(mg, cg * len(offsets))
-        np.matmul(w_g, cols[g * cg:(g + 1) * cg].reshape(cg * len(offsets), positions), out=out[g * mg:(g + 1) * mg])
+    k_count = len(offsets)
+    inner = int(np.prod(out_dims[1:]))
+    out = y.reshape(m, -1)
+    threads = split_count(out_dims[0] * inner * m * cg * k_count, _MIN_MACS_PER_THREAD)
+    row_blocks = chunks(out_dims[0], threads * _BLOCKS_PER_THREAD if threads > 1 else 1)
+    w_groups = [weight[g * mg:(g + 1) * mg].reshape(mg, cg * k_count) for g in range(group)]
+
+    def block_task(g, r0, r1):
+        def task():
+            rows = r1 - r0
+            cols = _scratch((cg, k_count, rows) + tuple(out_dims[1:]), y.dtype)
+            x_g = xp[g * cg:(g + 1) * cg]
+            for k, index in enumerate(offsets):
+                first = slice(index[0] * dilations[0] + r0 * strides[0],
+                              index[0] * dilations[0] + strides[0] * (r1 - 1) + 1, strides[0])
+                rest = tuple(slice(i * d, i * d + s * (o - 1) + 1, s)
+                             for i, d, s, o in zip(index[1:], dilations[1:], strides[1:], out_dims[1:]))
+                cols[:, k] = x_g[(slice(None), first) + rest]
+            np.matmul(w_groups[g], cols.reshape(cg * k_count, rows * inner),
+                      out=out[g * mg:(g + 1) * mg, r0 * inner:r1 * inner])
+        return task
+
+    run_tasks([block_task(g, r0, r1) for g in range(group) for r0, r1 in row_blocks], threads)
     if bias is not None:
         out += bias[:, None]
 
 
 def _depthwise(xp, weight, out_dims, strides, dilations):
-    """One filter per channel: a multiply-accumulate per kernel offset over all
-    channels at once (a matmul per channel would be C tiny products)."""
+    """One filter per channel: a multiply-accumulate per kernel tap over a
+    block of channels (a matmul per channel would be C tiny products). Blocks
+    are sized to stay in L2 across the taps; with unit strides each tap is a
+    contiguous window of the flattened padded input (as in _conv_unit_stride)."""
     n, c = xp.shape[:2]
     kernel = weight.shape[2:]
-    y = np.zeros((n, c) + out_dims, dtype=xp.dtype)
-    bshape = (1, c) + (1,) * len(out_dims)
-    for index in itertools.product(*(range(k) for k in kernel)):
-        window = tuple(slice(i * d, i * d + s * (o - 1) + 1, s)
-                       for i, d, s, o in zip(index, dilations, strides, out_dims))
-        tap = weight[(slice(None), 0) + index].reshape(bshape)
-        y += xp[(slice(None), slice(None)) + window] * tap
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+    unit = all(s == 1 for s in strides)
+    padded_dims = xp.shape[2:]
+    pstrides = [int(np.prod(padded_dims[k + 1:])) for k in range(len(padded_dims))]
+    span = sum((o - 1) * ps for o, ps in zip(out_dims, pstrides)) + 1
+    plane = span if unit else int(np.prod(out_dims))
+    y = np.empty((n, c) + out_dims, dtype=xp.dtype)
+    threads = split_count(n * c * plane * len(taps), 1 << 18)
+    block = max(1, min(c, (192 << 10) // max(plane * xp.itemsize, 1)))
+    flat = xp.reshape(n, c, -1)
+    itemsize = xp.itemsize
+
+    def block_task(i, c0, c1):
+        def task():
+            acc = np.zeros((c1 - c0, plane), dtype=xp.dtype)
+            product = np.empty_like(acc)
+            for index in taps:
+                tap = weight[(slice(c0, c1), 0) + index].reshape(c1 - c0, 1)
+                if unit:
+                    offset = sum(t * d * ps for t, d, ps in zip(index, dilations, pstrides))
+                    source = flat[i, c0:c1, offset:offset + span]
+                else:
+                    window = tuple(slice(t * d, t * d + s * (o - 1) + 1, s)
+                                   for t, d, s, o in zip(index, dilations, strides, out_dims))
+                    source = xp[(i, slice(c0, c1)) + window].reshape(c1 - c0, plane)
+                np.multiply(source, tap, out=product)
+                acc += product
+            if unit:
+                acc = np.lib.stride_tricks.as_strided(
+                    acc, shape=(c1 - c0,) + out_dims,
+                    strides=(acc.strides[0],) + tuple(ps * itemsize for ps in pstrides), writeable=False)
+            y[i, c0:c1] = acc.reshape((c1 - c0,) + out_dims)
+        return task
+
+    tasks = [block_task(i, c0, min(c0 + block, c)) for i in range(n) for c0 in range(0, c, block)]
+    run_tasks(tasks, threads)
     return y
+
+
+def parallel_matmul(a, b):
+    """np.matmul(a, b), split over rows of `a` (or over the batch) on the op threads."""
+    if a.ndim < 2 or b.ndim < 2:
+        return np.matmul(a, b)
+    rows, depth = a.shape[-2], a.shape[-1]
+    batch_a, batch_b = a.shape[:-2], b.shape[:-2]
+    total = int(np.prod(batch_a, dtype=np.int64)) * rows * depth * b.shape[-1]
+    threads = split_count(total, _MIN_MACS_PER_THREAD)
+    if threads <= 1:
+        return np.matmul(a, b)
+    if b.ndim == 2:
+        flat_a = a.reshape(-1, depth)
+        out = np.empty((flat_a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+        # Each block's product packs its own panels: split the larger side so that the
+        # shared operand (packed once per block) is the smaller one.
+        if flat_a.shape[0] >= b.shape[1]:
+            blocks = chunks(flat_a.shape[0], threads, align=8)
+            tasks = [lambda r0=r0, r1=r1: np.matmul(flat_a[r0:r1], b, out=out[r0:r1]) for r0, r1 in blocks]
+        else:
+            blocks = chunks(b.shape[1], threads, align=16)
+            tasks = [lambda c0=c0, c1=c1: np.matmul(flat_a, b[:, c0:c1], out=out[:, c0:c1]) for c0, c1 in blocks]
+        run_tasks(tasks, threads)
+        return out.reshape(a.shape[:-1] + (b.shape[1],))
+    batch = np.broadcast_shapes(batch_a, batch_b)
+    a_full = np.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
+    b_full = np.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+    out = np.empty((a_full.shape[0], rows, b.shape[-1]), dtype=np.result_type(a, b))
+    if a_full.shape[0] >= threads:
+        blocks = chunks(a_full.shape[0], threads * _BLOCKS_PER_THREAD)
+        tasks = [lambda i0=i0, i1=i1: np.matmul(a_full[i0:i1], b_full[i0:i1], out=out[i0:i1]) for i0, i1 in blocks]
+    else:
+        blocks = chunks(rows, threads * _BLOCKS_PER_THREAD, align=8)
+        tasks = [lambda i=i, r0=r0, r1=r1: np.matmul(a_full[i, r0:r1], b_full[i], out=out[i, r0:r1])
+                 for i in range(a_full.shape[0]) for r0, r1 in blocks]
+    run_tasks(tasks, threads)
+    return out.reshape(batch + (rows, b.shape[-1]))
 
 
 @register("MatMul", 1)
@@ -193,7 +297,7 @@ def _depthwise(xp, weight, out_dims, strides, dilations):
 @register("MatMul", 13)
 def matmul(a, b):
     dtype = _compute_dtype(a.dtype)
-    return np.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False)).astype(a.dtype, copy=False)
+    return parallel_matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False)).astype(a.dtype, copy=False)
 
 
 @register("Gemm", 7)
@@ -201,12 +305,13 @@ def matmul(a, b):
 @register("Gemm", 11)
 @register("Gemm", 13)
 def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
-    dtype = _compute_dtype(a.dtype)
+    dtype = np.dtype(_compute_dtype(a.dtype))
     a_ = (a.T if transA else a).astype(dtype, copy=False)
     b_ = (b.T if transB else b).astype(dtype, copy=False)
-    y = np.matmul(a_, b_)
+    y = parallel_matmul(a_, b_)
     if alpha != 1.0:
-        y *= np.dtype(dtype).type(alpha)
+        y *= dtype.type(alpha)
     if c is not None and beta != 0.0:
-        y += (c.astype(dtype, copy=False) * np.dtype(dtype).type(beta)) if beta != 1.0 else c.astype(dtype, copy=False)
+        c_ = c.astype(dtype, copy=False)
+        y += c_ * dtype.type(beta) if beta != 1.0 else c_
     return y.astype(a.dtype, copy=False)
