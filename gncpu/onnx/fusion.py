@@ -77,14 +77,19 @@ def count_native_group_norms(graph: Graph) -> int:
 
 def _anchors(idx: GraphIndex) -> List[str]:
     """Tensors a decomposed GN may start from: the data input of a Reshape
-    or InstanceNormalization, seen through float Casts (the function body
-    casts x to its stash type first)."""
+    (seen through float Casts: the function body casts x to its stash type
+    first), or of an InstanceNormalization applied to x itself (torch's
+    GroupNorm(C, C) once an optimizer dropped the no-op Reshape)."""
     found = []
     for node in idx.graph.nodes:
         if node.domain != "" or node.op_type not in ("Reshape", "InstanceNormalization") or not node.inputs[0]:
             continue
         name = node.inputs[0]
         producer = idx.producer.get(name)
+        if node.op_type == "InstanceNormalization" and producer is not None and producer.op_type == "Reshape":
+            # Part of the torch pattern, anchored at the Reshape's input: if that
+            # cannot be proven, the instance norm alone must not pass for a GN.
+            continue
         while producer is not None and is_float_cast(producer):
             name = producer.inputs[0]
             producer = idx.producer.get(name)
