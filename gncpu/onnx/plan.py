@@ -147,7 +147,7 @@ def bind_kernel(node: Node, opsets: Dict[str, int], outer: Set[str]) -> Kernel:
         from .control_flow import control_flow_kernel
         return control_flow_kernel(node, opsets, outer)
     entry = registry.lookup_entry(node.op_type, node.domain, version)
-    if entry is not None and (entry.supports is None or entry.supports(node.attrs)):
+    if entry is not None and (entry.supports is None or entry.supports(node)):
         return _native_kernel(node, entry)
     kernel = _reference_kernel(node, opsets)
     if kernel is not None:
@@ -281,7 +281,7 @@ def _try_fold(node: Node, known: Dict[str, np.ndarray], graph: Graph, static_sha
     if any(isinstance(known[name], np.ndarray) and known[name].nbytes > (64 << 20) for name in node.inputs if name):
         return None
     entry = registry.lookup_entry(node.op_type, node.domain, graph.opsets.get(node.domain, 0))
-    if entry is None or (entry.supports is not None and not entry.supports(node.attrs)):
+    if entry is None or (entry.supports is not None and not entry.supports(node)):
         return None
     try:
         kernel = _native_kernel(node, entry)

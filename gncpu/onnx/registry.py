@@ -26,7 +26,7 @@ class OpEntry:
     since: int
     fn: Callable
     wants_output_count: bool = False
-    supports: Optional[Callable] = None   # supports(attrs) -> bool; False: the node runs via fallback
+    supports: Optional[Callable] = None   # supports(node) -> bool; False: the node runs via fallback
 
 
 _REGISTRY: Dict[Tuple[str, str], List[OpEntry]] = {}
@@ -40,9 +40,9 @@ def register(op_type: str, since: int, domain: str = "", *, wants_output_count: 
              supports: Optional[Callable] = None):
     """Register `fn` as the implementation of `domain::op_type` from opset `since` on.
 
-    `supports(attrs) -> bool`, if given, says whether this implementation
-    covers a node with these attributes (e.g. Resize modes); nodes it does not
-    cover run through the onnx.reference fallback instead."""
+    `supports(node) -> bool`, if given, says whether this implementation
+    covers that node (e.g. its Resize mode, or how many outputs it asks for);
+    nodes it does not cover run through the onnx.reference fallback instead."""
     if not isinstance(since, int) or since < 1:
         raise ValueError(f"register({op_type!r}): since={since!r} must be an opset version >= 1")
 

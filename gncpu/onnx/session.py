@@ -21,16 +21,10 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from . import context, ops
+from . import context, fusion, ops
 from .errors import InvalidModelError
 from .graph import Graph, ValueInfo, graph_from_model, normalize_domain
 from .plan import GROUP_NORM_FAMILY, Plan, fold_constants, remove_dead_nodes, topological_order
-
-try:  # fusion.py is owned by the fusion work; the session runs unfused without it
-    from . import fusion as _fusion
-except ImportError:  # pragma: no cover
-    _fusion = None
-
 
 class FallbackWarning(UserWarning):
     """Some nodes run through onnx.reference (correct, but slow)."""
@@ -108,9 +102,12 @@ class InferenceSession:
     num_threads: threads for gncpu kernels and BLAS during run() (None: library
         defaults; BLAS is limited through threadpoolctl when it is installed).
     fuse: rewrite GroupNorm patterns into native nodes (default True).
+    allow_fallback: run ops without a native implementation through
+        onnx.reference (default True); False makes such models fail to load.
     """
 
-    def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True):
+    def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True,
+                 allow_fallback: bool = True):
         if num_threads is not None:
             from .._config import _count
             num_threads = _count(num_threads, "num_threads")
@@ -131,8 +128,8 @@ class InferenceSession:
                   if v.shape is not None and all(isinstance(d, int) for d in v.shape)}
         self._folded = fold_constants(graph, static)
         self._fusion_report = {}
-        if fuse and _fusion is not None:
-            self._fusion_report = dict(_fusion.fuse_graph(graph) or {})
+        if fuse:
+            self._fusion_report = dict(fusion.fuse_graph(graph) or {})
         self._dead_removed = remove_dead_nodes(graph)
         self._graph = graph
         self._plan = Plan(graph)
@@ -141,6 +138,8 @@ class InferenceSession:
         self._last_profile: Optional[Dict[str, dict]] = None
         self._threadpools = _threadpool_controller() if num_threads is not None else None
         fallback = Counter(s.kernel.label for s in self._plan.steps if s.kernel.kind == "fallback")
+        if fallback and not allow_fallback:
+            raise InvalidModelError(f"no native implementation for {dict(fallback)} and allow_fallback=False")
         if fallback:
             listed = ", ".join(f"{op} x{count}" for op, count in sorted(fallback.items()))
             warnings.warn(f"gncpu.onnx: {sum(fallback.values())} node(s) have no native implementation and run "
@@ -220,7 +219,6 @@ class InferenceSession:
             "group_norm_fused": int(report.get("group_norm_fused", 0)),
             "silu_fused": int(report.get("silu_fused", 0)),
             "fusion_patterns": dict(report.get("patterns", {})),
-            "fusion_available": _fusion is not None,
             "inputs": [(a.name, a.type, a.shape) for a in self.get_inputs()],
             "outputs": [(a.name, a.type, a.shape) for a in self.get_outputs()],
             "last_output_shapes": dict(self._last_output_shapes),
@@ -239,8 +237,7 @@ class InferenceSession:
                  f"{s['fallback_nodes']} via onnx.reference); loaded in {s['load_seconds'] * 1e3:.0f} ms",
                  f"  GroupNorm: {s['group_norm_native']} run natively, {s['group_norm_fused']} of them fused "
                  f"from exporter patterns, {s['silu_fused']} SiLU fused"
-                 + (f", {s['group_norm_fallback']} NOT native" if s["group_norm_fallback"] else "")
-                 + ("" if s["fusion_available"] else " (fusion pass not installed)")]
+                 + (f", {s['group_norm_fallback']} NOT native" if s["group_norm_fallback"] else "")]
         if s["fusion_patterns"]:
             lines.append("  fused patterns: " + ", ".join(f"{k} x{v}" for k, v in sorted(s["fusion_patterns"].items())))
         if s["fallback_ops"]:
@@ -310,6 +307,9 @@ class InferenceSession:
             if info.name not in input_feed:
                 raise ValueError(f"input_feed: missing input {info.name!r} (expected {_describe_info(info)})")
             value = input_feed[info.name]
+            if info.dtype is None and info.shape is None:
+                feeds[info.name] = value  # a sequence, map or optional: passed through as given
+                continue
             if not isinstance(value, np.ndarray):
                 value = np.asarray(value)
             if info.dtype is not None and value.dtype != info.dtype:

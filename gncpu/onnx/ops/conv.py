@@ -33,8 +33,9 @@ def _scratch(shape, dtype):
 
 
 def _compute_dtype(dtype):
-    # NumPy's float16 matmul has no BLAS path (orders of magnitude slower): compute in float32.
-    return np.float32 if dtype == np.float16 else dtype
+    # NumPy's float16 (and ml_dtypes' bfloat16) matmul has no BLAS path and returns
+    # other types: compute in float32, cast the result back.
+    return np.float32 if dtype == np.float16 or dtype.name == "bfloat16" else dtype
 
 
 def conv_pads(auto_pad, pads, in_dims, kernel, strides, dilations):
@@ -192,9 +193,7 @@ def _depthwise(xp, weight, out_dims, strides, dilations):
 @register("MatMul", 13)
 def matmul(a, b):
     dtype = _compute_dtype(a.dtype)
-    if dtype != a.dtype:
-        return np.matmul(a.astype(dtype), b.astype(dtype)).astype(a.dtype)
-    return np.matmul(a, b)
+    return np.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False)).astype(a.dtype, copy=False)
 
 
 @register("Gemm", 7)

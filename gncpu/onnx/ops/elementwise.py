@@ -10,10 +10,19 @@ import numpy as np
 
 from ..registry import register
 
-try:  # scipy's erf is vectorized and exact to float64 rounding; optional
-    from scipy.special import erf as _scipy_erf
-except ImportError:  # pragma: no cover - exercised only without scipy
-    _scipy_erf = None
+_scipy_erf = None  # resolved on first use: importing scipy.special costs ~0.2 s
+
+
+def _erf_function():
+    """scipy's erf if installed (vectorized, exact to float64 rounding), else ours."""
+    global _scipy_erf
+    if _scipy_erf is None:
+        try:
+            from scipy.special import erf as scipy_erf
+        except ImportError:  # pragma: no cover - exercised only without scipy
+            scipy_erf = False
+        _scipy_erf = scipy_erf
+    return _scipy_erf
 
 
 def _same_type(result, like):
@@ -149,8 +158,9 @@ def sigmoid(x):
 
 def erf_array(x):
     """erf elementwise, accurate to float64 rounding, in x's dtype."""
-    if _scipy_erf is not None:
-        return _same_type(_scipy_erf(x), x)
+    scipy_erf = _erf_function()
+    if scipy_erf:
+        return _same_type(scipy_erf(x), x)
     return _same_type(_erf_numpy(np.asarray(x, dtype=np.float64)), x)
 
 
@@ -316,49 +326,44 @@ def where(condition, x, y):
 
 # ---------------------------------------------------------------- types
 
-def _onnx_dtype(to):
-    import onnx
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
-
-
-def cast_supported(attrs):
-    """Plain NumPy casts cover the standard types; float8/4-bit types need the reference."""
-    import onnx
-    to = attrs.get("to")
-    try:
-        target = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
-    except (KeyError, TypeError, ValueError):
-        return False
-    return target.name in _PLAIN_TYPES
-
-
 _PLAIN_TYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
-                "float32", "float64", "complex64", "complex128"}
+                "float32", "float64"}
 
 
-@register("Cast", 6, supports=cast_supported)
-@register("Cast", 9, supports=cast_supported)
-@register("Cast", 13, supports=cast_supported)
-@register("Cast", 19, supports=cast_supported)
-@register("Cast", 21, supports=cast_supported)
-@register("Cast", 23, supports=cast_supported)
+def cast_to_type(x, to, saturate=1, round_mode="up"):
+    """x cast to ONNX element type `to`. NumPy's astype covers the standard types;
+    float8/float4/int4/bfloat16 and strings follow onnx's own conversion rules
+    (saturation, rounding modes), which plain astype does not."""
+    import onnx
+    target = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    if target.name in _PLAIN_TYPES and x.dtype.name in _PLAIN_TYPES:
+        if target == x.dtype:
+            return x.copy()
+        with np.errstate(invalid="ignore", over="ignore"):
+            return x.astype(target)
+    from onnx.reference.ops.op_cast import cast_to
+    return cast_to(x, to, bool(saturate), round_mode)
+
+
+@register("Cast", 6)
+@register("Cast", 9)
+@register("Cast", 13)
+@register("Cast", 19)
+@register("Cast", 21)
+@register("Cast", 23)
+@register("Cast", 24)
 def cast(x, *, to, saturate=1, round_mode="up"):
-    target = _onnx_dtype(to)
-    if target == x.dtype:
-        return x.copy()
-    if x.dtype == object or target == object:
-        return x.astype(target)
-    with np.errstate(invalid="ignore", over="ignore"):
-        return x.astype(target)
+    return cast_to_type(x, to, saturate, round_mode)
 
 
 @register("CastLike", 15)
 @register("CastLike", 19)
 @register("CastLike", 21)
 @register("CastLike", 23)
+@register("CastLike", 24)
 def cast_like(x, like, *, saturate=1, round_mode="up"):
-    with np.errstate(invalid="ignore", over="ignore"):
-        return x.astype(like.dtype)
+    import onnx
+    return cast_to_type(x, onnx.helper.np_dtype_to_tensor_dtype(like.dtype), saturate, round_mode)
 
 
 @register("Identity", 1)

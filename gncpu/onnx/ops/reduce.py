@@ -38,19 +38,29 @@ def _make(name, compute, attr_versions, input_versions):
         register(name, since)(reduce_with_input)
 
 
+def _identity(which, dtype):
+    """The value a max (lowest) or min (highest) over nothing returns, per dtype."""
+    if dtype == bool:
+        return which == "highest"
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return info.min if which == "lowest" else info.max
+    return -np.inf if which == "lowest" else np.inf
+
+
 def _empty_safe(fn, identity):
     def compute(x, axes, keepdims):
         if x.size == 0:
             shape = np.sum(np.zeros(x.shape), axis=axes, keepdims=keepdims).shape
-            return np.full(shape, identity, dtype=x.dtype)
+            return np.full(shape, _identity(identity, x.dtype), dtype=x.dtype)
         return fn(x, axes, keepdims)
     return compute
 
 
 _make("ReduceMean", lambda x, a, k: np.mean(x, axis=a, keepdims=k, dtype=_accumulator(x)), (1, 11, 13), (18,))
 _make("ReduceSum", lambda x, a, k: np.sum(x, axis=a, keepdims=k, dtype=_accumulator(x)), (1, 11), (13,))
-_make("ReduceMax", _empty_safe(lambda x, a, k: np.max(x, axis=a, keepdims=k), -np.inf), (1, 11, 12, 13), (18, 20))
-_make("ReduceMin", _empty_safe(lambda x, a, k: np.min(x, axis=a, keepdims=k), np.inf), (1, 11, 12, 13), (18, 20))
+_make("ReduceMax", _empty_safe(lambda x, a, k: np.max(x, axis=a, keepdims=k), "lowest"), (1, 11, 12, 13), (18, 20))
+_make("ReduceMin", _empty_safe(lambda x, a, k: np.min(x, axis=a, keepdims=k), "highest"), (1, 11, 12, 13), (18, 20))
 _make("ReduceProd", lambda x, a, k: np.prod(x, axis=a, keepdims=k), (1, 11, 13), (18,))
 _make("ReduceSumSquare", lambda x, a, k: np.sum(np.square(x), axis=a, keepdims=k, dtype=_accumulator(x)),
       (1, 11, 13), (18,))

@@ -297,10 +297,11 @@ def depth_to_space(x, *, blocksize, mode="DCR"):
 
 
 @register("SpaceToDepth", 13)
-def space_to_depth(x, *, blocksize):
+def space_to_depth(x, *, blocksize, mode="DCR"):
     n, c, h, w = x.shape
     b = blocksize
-    t = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    order = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+    t = x.reshape(n, c, h // b, b, w // b, b).transpose(order)
     return t.reshape(n, c * b * b, h // b, w // b)
 
 
