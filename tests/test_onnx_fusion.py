@@ -65,6 +65,8 @@ def test_exported_model_runs_native_and_matches_reference(path):
     if "silu" in path or "vae" in path:
         assert "Sigmoid" not in ops_run
         assert stats["silu_fused"] >= 1
+    if "wav2vec2" in path:
+        assert "Erf" not in ops_run and "Gelu" not in ops_run
     feeds = _random_feed(model)
     got = session.run(None, feeds)
     want = ReferenceEvaluator(model).run(None, feeds)
@@ -374,3 +376,46 @@ def test_group_normalization_21_with_converter_left_per_group_scale_is_not_renam
     assert counts["group_normalization"] == 0 and fused.nodes[0].op_type == "GroupNormalization"
     with pytest.raises(gncpu.onnx.errors.NodeExecutionError, match=r"converted.*scale must have shape \(C,\)"):
         _session(model).run(None, {"x": np.zeros((1, 4, 2, 2), np.float32)})
+
+
+# ----------------------------------------------------------------------------
+# GELU written out with Erf after a GroupNorm (wav2vec2's feature encoder)
+
+def _gn21_then(nodes_after, extra_inits=()):
+    inits = [numpy_helper.from_array(np.linspace(0.5, 1.5, 6).astype(np.float32), "s"),
+             numpy_helper.from_array(np.linspace(-1, 1, 6).astype(np.float32), "b"),
+             *[numpy_helper.from_array(np.array(v, np.float32), k) for k, v in extra_inits]]
+    nodes = [helper.make_node("GroupNormalization", ["x", "s", "b"], ["g"], num_groups=3)] + nodes_after
+    graph = helper.make_graph(nodes, "gn_then", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 7])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+_GELU_CONSTS = [("sqrt2", np.sqrt(2.0)), ("inv_sqrt2", np.sqrt(0.5)), ("one", 1.0), ("half", 0.5)]
+
+
+@pytest.mark.parametrize("form", ["torch_legacy", "dynamo", "half_first", "mul_by_inverse"])
+def test_erf_gelu_after_group_norm_is_fused(form):
+    mk = helper.make_node
+    scale = (mk("Mul", ["inv_sqrt2", "g"], ["d"]) if form == "mul_by_inverse" else mk("Div", ["g", "sqrt2"], ["d"]))
+    head = [scale, mk("Erf", ["d"], ["e"]), mk("Add", ["e", "one"], ["a"])]
+    tail = {"torch_legacy": [mk("Mul", ["g", "a"], ["m"]), mk("Mul", ["m", "half"], ["out"])],
+            "mul_by_inverse": [mk("Mul", ["g", "a"], ["m"]), mk("Mul", ["m", "half"], ["out"])],
+            "dynamo": [mk("Mul", ["half", "a"], ["m"]), mk("Mul", ["g", "m"], ["out"])],
+            "half_first": [mk("Mul", ["g", "half"], ["h"]), mk("Mul", ["h", "a"], ["out"])]}[form]
+    model = _gn21_then(head + tail, _GELU_CONSTS)
+    counts, graph = _fused_counts(model)
+    assert counts["gelu"] == 1
+    (node,) = graph.nodes
+    assert node.attrs["activation"] == "gelu" and node.outputs == ["out"]
+    _check_against_reference(model)
+
+
+def test_erf_pattern_with_wrong_constant_is_not_gelu():
+    mk = helper.make_node
+    nodes = [mk("Div", ["g", "sqrt2"], ["d"]), mk("Erf", ["d"], ["e"]), mk("Add", ["e", "one"], ["a"]),
+             mk("Mul", ["g", "a"], ["m"]), mk("Mul", ["m", "third"], ["out"])]
+    model = _gn21_then(nodes, _GELU_CONSTS + [("third", 1 / 3)])
+    counts, graph = _fused_counts(model)
+    assert counts["gelu"] == 0 and len(graph.nodes) == 6
+    _check_against_reference(model)
