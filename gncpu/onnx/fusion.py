@@ -13,8 +13,9 @@ activation and channels_last. Passes, in order:
 2. native nodes: ai.onnx GroupNormalization (opset 18's per-group scale is
    expanded to per-channel) and com.microsoft GroupNorm become gncpu nodes,
    so that pass 3 applies to them too.
-3. activations: `Sigmoid(y) -> Mul(y, sigmoid)` (SiLU), Relu and Gelu after
-   a GroupNorm are folded into its kernel.
+3. activations: `Sigmoid(y) -> Mul(y, sigmoid)` (SiLU), Relu, Gelu-20 and
+   the exporters' erf GELU `y * 0.5 * (1 + Erf(y / sqrt(2)))` after a
+   GroupNorm are folded into its kernel.
 
 A pass that cannot prove its pattern leaves the graph as it was.
 """
@@ -77,14 +78,19 @@ def count_native_group_norms(graph: Graph) -> int:
 
 def _anchors(idx: GraphIndex) -> List[str]:
     """Tensors a decomposed GN may start from: the data input of a Reshape
-    or InstanceNormalization, seen through float Casts (the function body
-    casts x to its stash type first)."""
+    (seen through float Casts: the function body casts x to its stash type
+    first), or of an InstanceNormalization applied to x itself (torch's
+    GroupNorm(C, C) once an optimizer dropped the no-op Reshape)."""
     found = []
     for node in idx.graph.nodes:
         if node.domain != "" or node.op_type not in ("Reshape", "InstanceNormalization") or not node.inputs[0]:
             continue
         name = node.inputs[0]
         producer = idx.producer.get(name)
+        if node.op_type == "InstanceNormalization" and producer is not None and producer.op_type == "Reshape":
+            # Part of the torch pattern, anchored at the Reshape's input: if that
+            # cannot be proven, the instance norm alone must not pass for a GN.
+            continue
         while producer is not None and is_float_cast(producer):
             name = producer.inputs[0]
             producer = idx.producer.get(name)
@@ -223,7 +229,7 @@ def _fuse_activations(graph: Graph, idx: GraphIndex, counts):
         y = node.outputs[0]
         if y in idx.graph_outputs:
             continue
-        fused = _silu_after(idx, y) or _single_activation_after(idx, y)
+        fused = _silu_after(idx, y) or _gelu_erf_after(idx, y) or _single_activation_after(idx, y)
         if fused is None:
             continue
         name, output, gone = fused
@@ -267,3 +273,77 @@ def _single_activation_after(idx: GraphIndex, y: str):
         if name is not None:
             return name, act.outputs[0], [act]
     return None
+
+
+def _only_reader(idx: GraphIndex, name: str):
+    readers = idx.consumers.get(name, [])
+    if len(readers) != 1 or name in idx.graph_outputs:
+        return None
+    return readers[0]
+
+
+def _other_operand(node: Node, name: str):
+    if node.domain != "" or node.op_type != "Mul" or len(node.inputs) != 2 or name not in node.inputs:
+        return None
+    a, b = node.inputs
+    return b if a == name else a
+
+
+def _is_const(idx, name, value, rtol=1e-6):
+    const = const_value(idx, name)
+    return const is not None and np.size(const) == 1 and np.isclose(float(np.ravel(const)[0]), value, rtol=rtol)
+
+
+def _gelu_erf_after(idx: GraphIndex, y: str):
+    """y * 0.5 * (1 + Erf(y / sqrt(2))), the Muls associated either way, the
+    division written as Div by sqrt(2) or Mul by 1/sqrt(2): exact GELU."""
+    readers = idx.consumers.get(y, [])
+    if len(readers) != 2:
+        return None
+    for scaled in readers:
+        if scaled.domain != "":
+            continue
+        if scaled.op_type == "Div" and scaled.inputs[0] == y and _is_const(idx, scaled.inputs[1], np.sqrt(2.0)):
+            break
+        other = _other_operand(scaled, y)
+        if other is not None and _is_const(idx, other, np.sqrt(0.5)):
+            break
+    else:
+        return None
+    erf = _only_reader(idx, scaled.outputs[0])
+    if erf is None or erf.domain != "" or erf.op_type != "Erf":
+        return None
+    plus_one = _only_reader(idx, erf.outputs[0])
+    if plus_one is None or plus_one.op_type != "Add" or plus_one.domain != "":
+        return None
+    one = plus_one.inputs[1] if plus_one.inputs[0] == erf.outputs[0] else plus_one.inputs[0]
+    if not _is_const(idx, one, 1.0):
+        return None
+    (y_mul,) = [n for n in readers if n is not scaled]
+    first = _only_reader(idx, plus_one.outputs[0])
+    if first is None:
+        return None
+    other = _other_operand(first, plus_one.outputs[0])
+    if other is None:
+        return None
+    if other == y or _is_const(idx, other, 0.5):
+        # (1 + erf) * y, then * 0.5 -- or (1 + erf) * 0.5, then * y
+        second = _only_reader(idx, first.outputs[0])
+        need = 0.5 if other == y else None
+        last = _other_operand(second, first.outputs[0]) if second is not None else None
+        if last is None:
+            return None
+        if need is not None and not _is_const(idx, last, need):
+            return None
+        if need is None and last != y:
+            return None
+        if (y_mul is not first) if other == y else (y_mul is not second):
+            return None
+        return "gelu", second.outputs[0], [scaled, erf, plus_one, first, second]
+    # (y * 0.5) * (1 + erf)
+    half = idx.producer.get(other)
+    if half is not y_mul or _only_reader(idx, other) is not first:
+        return None
+    if not _is_const(idx, _other_operand(half, y) or "", 0.5):
+        return None
+    return "gelu", first.outputs[0], [scaled, erf, plus_one, half, first]

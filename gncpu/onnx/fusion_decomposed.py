@@ -469,7 +469,11 @@ def find_match(index: GraphIndex, x: str, channels_last: bool) -> Optional[Match
         ctx.values[out] = value
         for consumer in consumers.get(out, []):
             horizon = max(horizon, index.position[id(consumer)])
-        if value.view.kind == "x" and all(value.mask) and value.dtype in (None, ctx.x_dtype):
+        # Any view with exactly x's dims is x's layout (a reshape keeps the
+        # element order): e.g. (N, G, L) with G = C, whose closing no-op
+        # Reshape an exporter dropped.
+        same_layout = value.view.kind == "x" or _matches(list(value.view.dims), ctx.xdims)
+        if same_layout and all(value.mask) and value.dtype in (None, ctx.x_dtype):
             form = _gn_form(value.poly)
             if form is not None and ctx.eps is not None and ctx.groups is not None:
                 candidates.append((out, form, ctx.eps, ctx.groups))

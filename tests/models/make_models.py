@@ -6,6 +6,9 @@ to run them). Each family comes from the real exporter:
     python tests/models/make_models.py torch      # torch 2.13: legacy exporter at opsets 14, 17;
                                                   # dynamo exporter at 18 and 21 (needs onnxscript)
     python tests/models/make_models.py keras      # TensorFlow/Keras + tf2onnx (opset 17)
+    python tests/models/make_models.py hf         # diffusers SD-VAE decoder and DDPM UNet,
+                                                  # transformers wav2vec2 feature encoder
+                                                  # (tiny random configs; legacy 17, dynamo 21)
     python tests/models/make_models.py function   # GroupNormalization-18/21 with the ONNX
                                                   # function body inlined (what onnxruntime runs)
 
@@ -15,8 +18,14 @@ best run from a separate virtual environment:
     python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu tf2onnx
     /tmp/tfenv/bin/python tests/models/make_models.py keras
 
+diffusers and transformers need no torch of their own: install them beside
+it (e.g. `pip install --target DIR diffusers transformers`, then
+PYTHONPATH=DIR); models are built from configs with random weights, nothing
+is downloaded.
+
 Names: <family>_<model>[_opset<k>].onnx. Every model's first input is the
-data input; weights are seeded so files regenerate identically.
+data input; weights are seeded so files regenerate identically. Each file's
+metadata "gncpu.group_norms" records how many GroupNorms its source has.
 """
 import os
 import sys
@@ -137,24 +146,117 @@ def _torch_modules():
     }
 
 
+def _tag(path, group_norms):
+    """Record in the file how many GroupNorms its source model has: the
+    tests check that exactly that many run natively."""
+    import onnx
+    model = onnx.load(path)
+    kept = [p for p in model.metadata_props if p.key != "gncpu.group_norms"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "gncpu.group_norms", str(group_norms)
+    onnx.save(model, path)
+
+
+def _export_torch(module, example, path, exporter, opset):
+    import torch
+    if exporter == "legacy":
+        torch.onnx.export(module, example, path, opset_version=opset, dynamo=False,
+                          input_names=["x"], output_names=["y"])
+    else:
+        program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
+                                    input_names=["x"], output_names=["y"])
+        program.save(path)
+    _tag(path, sum(isinstance(m, torch.nn.GroupNorm) for m in module.modules()))
+
+
 def make_torch():
     import torch
 
-    torch.manual_seed(0)
     written = []
     for name, (build, shape) in _torch_modules().items():
         for exporter, opset in (("legacy", 14), ("legacy", 17), ("dynamo", 18), ("dynamo", 21)):
             torch.manual_seed(0)
-            module = build()
-            example = (torch.randn(shape),)
             path = os.path.join(HERE, f"torch_{exporter}_{name}_opset{opset}.onnx")
-            if exporter == "legacy":
-                torch.onnx.export(module, example, path, opset_version=opset, dynamo=False,
-                                  input_names=["x"], output_names=["y"])
-            else:
-                program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
-                                            input_names=["x"], output_names=["y"])
-                program.save(path)
+            _export_torch(build(), (torch.randn(shape),), path, exporter, opset)
+            written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------
+# Hugging Face architectures (diffusers, transformers), tiny random configs
+
+def _hf_modules():
+    import torch
+    from diffusers import AutoencoderKL, UNet2DModel
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    class VaeDecode(torch.nn.Module):
+        """diffusers' AutoencoderKL decoder (SD VAE architecture, tiny widths)."""
+
+        def __init__(self):
+            super().__init__()
+            self.vae = AutoencoderKL(
+                in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                block_out_channels=(8, 16), layers_per_block=1, sample_size=16)
+            self.decoder = self.vae.decoder  # counted GroupNorms: the decoder's only
+
+        def modules_to_count(self):
+            return self.decoder.modules()
+
+        def forward(self, z):
+            return self.vae.decode(z).sample
+
+    class UNet(torch.nn.Module):
+        """diffusers' UNet2DModel (DDPM UNet: GN, SiLU, attention, time embedding)."""
+
+        def __init__(self):
+            super().__init__()
+            self.unet = UNet2DModel(
+                sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, norm_num_groups=4,
+                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
+
+        def modules_to_count(self):
+            return self.unet.modules()
+
+        def forward(self, x):
+            return self.unet(x, 10).sample
+
+    class FeatureEncoder(torch.nn.Module):
+        """transformers' Wav2Vec2 feature encoder with feat_extract_norm="group":
+        Conv1d -> GroupNorm(G = C) -> GELU, then conv layers."""
+
+        def __init__(self):
+            super().__init__()
+            config = Wav2Vec2Config(conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
+                                    feat_extract_norm="group", hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=32)
+            self.encoder = Wav2Vec2Model(config).feature_extractor
+
+        def modules_to_count(self):
+            return self.encoder.modules()
+
+        def forward(self, x):
+            return self.encoder(x)
+
+    return {"hf_sd_vae_decoder": (VaeDecode, (1, 4, 8, 8)), "hf_ddpm_unet": (UNet, (1, 3, 8, 8)),
+            "hf_wav2vec2_feature_encoder": (FeatureEncoder, (1, 400))}
+
+
+def make_hf():
+    import torch
+
+    written = []
+    for name, (build, shape) in _hf_modules().items():
+        for exporter, opset in (("legacy", 17), ("dynamo", 21)):
+            torch.manual_seed(0)
+            module = build().eval()
+            path = os.path.join(HERE, f"torch_{exporter}_{name}_opset{opset}.onnx")
+            _export_torch(module, (torch.randn(shape),), path, exporter, opset)
+            _tag(path, sum(isinstance(m, torch.nn.GroupNorm) for m in module.modules_to_count()))
             written.append(path)
     return written
 
@@ -194,6 +296,9 @@ def make_keras():
         spec = (tf.TensorSpec(shape, tf.float32, name="x"),)
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
         path = os.path.join(HERE, f"tf2onnx_{name}_opset17.onnx")
+        entry = proto.metadata_props.add()
+        entry.key = "gncpu.group_norms"
+        entry.value = str(sum(isinstance(layer, tf.keras.layers.GroupNormalization) for layer in model.layers))
         with open(path, "wb") as f:
             f.write(proto.SerializeToString())
         written.append(path)
@@ -244,8 +349,10 @@ def _inline_function_body(opset, x_shape, groups, epsilon, silu):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
                               initializer=initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                             producer_name="gncpu tests/models/make_models.py")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="gncpu tests/models/make_models.py")
+    helper.set_model_props(model, {"gncpu.group_norms": "1"})
+    return model
 
 
 def make_function():
@@ -265,7 +372,7 @@ def make_function():
     return written
 
 
-FAMILIES = {"torch": make_torch, "keras": make_keras, "function": make_function}
+FAMILIES = {"torch": make_torch, "hf": make_hf, "keras": make_keras, "function": make_function}
 
 if __name__ == "__main__":
     wanted = sys.argv[1:] or list(FAMILIES)
