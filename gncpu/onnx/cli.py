@@ -258,3 +258,7 @@ class _Progress:
         if self.shown and self.tty:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
