@@ -329,3 +329,34 @@ def test_importing_gncpu_does_not_import_onnx():
                                                        os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_cli_progress_line_appears_only_on_long_runs(capsys):
+    from gncpu.onnx.cli import _Progress
+
+    quick = _Progress(delay=60.0)
+    for done in range(1, 4):
+        quick(done, 3, "Conv")
+    assert capsys.readouterr().err == ""
+    slow = _Progress(delay=0.0)
+    slow(1, 4, "Conv")
+    slow(4, 4, "GroupNorm")
+    slow.finish()
+    err = capsys.readouterr().err
+    assert "node 1/4 (25%) Conv" in err and "node 4/4 (100%) GroupNorm" in err
+
+
+def test_backend_run_node_and_rep_run():
+    from gncpu.onnx import backend
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1])
+    x = RNG.standard_normal((1, 2, 9)).astype(np.float32)
+    w = RNG.standard_normal((3, 2, 3)).astype(np.float32)
+    (y,) = backend.run_node(node, [x, w])
+    expected = ReferenceEvaluator(_model([node], [_vi("x", [1, 2, 9]), _vi("w", [3, 2, 3])], [_vi("y", None)])).run(
+        None, {"x": x, "w": w})[0]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    rep = backend.prepare(_conv_relu_model())
+    with pytest.raises(ValueError, match="takes 1 inputs"):
+        rep.run([x, x])
+    assert backend.supports_device("CPU") and not backend.supports_device("CUDA")
