@@ -68,7 +68,14 @@ def _conv_cases():
     return cases
 
 
-CASES = _conv_cases() + [
+CONV_TRANSPOSE_CASES = [
+    Case("ConvTranspose", [f32(1, 4, 7, 6), f32(4, 3, 3, 3), f32(3)], {"strides": [2, 2], "pads": [1, 1, 1, 1],
+                                                                     "output_padding": [1, 1]}, id="ConvT_s2_outpad"),
+    Case("ConvTranspose", [f32(1, 3, 5, 5), f32(3, 2, 3, 3)], {"strides": [2, 2], "auto_pad": "SAME_UPPER"},
+         id="ConvT_same_upper"),
+]
+
+CASES = _conv_cases() + CONV_TRANSPOSE_CASES + [
     Case("MatMul", [f32(3, 4), f32(4, 5)]),
     Case("MatMul", [f32(2, 3, 4), f32(4, 5)], id="MatMul_batched"),
     Case("MatMul", [f32(2, 1, 3, 4), f32(5, 4, 6)], id="MatMul_broadcast"),
@@ -266,3 +273,35 @@ def test_pad_negative_pads_crop():
     (got,) = InferenceSession(model, allow_fallback=False).run(None, feed)
     expected = np.pad(x[:, :, 1:], [(0, 0), (0, 1), (0, 2)], mode="edge")
     np.testing.assert_array_equal(got, expected)
+
+
+def _conv_transpose_oracle(x, w, strides, dilations, group, begins, out_dims):
+    """ConvTranspose by its definition: every input element scatters x * w into
+    the output at i * stride + k * dilation - pad_begin (float64 loops)."""
+    n, c = x.shape[:2]
+    cg, mg = c // group, w.shape[1]
+    y = np.zeros((n, mg * group) + tuple(out_dims))
+    for index in np.ndindex(*x.shape[2:]):
+        for tap in np.ndindex(*w.shape[2:]):
+            out = tuple(i * s + k * d - b for i, k, s, d, b in zip(index, tap, strides, dilations, begins))
+            if not all(0 <= o < size for o, size in zip(out, out_dims)):
+                continue
+            for g in range(group):
+                contribution = np.einsum("nc,cm->nm", x[(slice(None), slice(g * cg, (g + 1) * cg)) + index],
+                                         w[(slice(g * cg, (g + 1) * cg), slice(None)) + tap].astype(np.float64))
+                y[(slice(None), slice(g * mg, (g + 1) * mg)) + out] += contribution
+    return y
+
+
+@pytest.mark.parametrize("x_shape, w_shape, attrs, begins, out_dims", [
+    # onnx.reference cannot run these two (groups; odd output_shape padding); onnxruntime agrees with us on both.
+    ((2, 4, 9), (4, 2, 4), {"group": 2, "strides": [3], "dilations": [2], "pads": [1, 2]}, [1], [28]),
+    ((1, 3, 5, 5), (3, 2, 3, 3), {"strides": [2, 2], "output_shape": [10, 11]}, [1, 0], [10, 11]),
+], ids=["grouped_dilated_1d", "output_shape"])
+def test_conv_transpose_matches_definition(x_shape, w_shape, attrs, begins, out_dims):
+    x, w = f32(*x_shape), f32(*w_shape)
+    model, feed = _model(Case("ConvTranspose", [x, w], attrs), True)
+    (got,) = InferenceSession(model, allow_fallback=False).run(None, feed)
+    expected = _conv_transpose_oracle(x.astype(np.float64), w, attrs["strides"], attrs.get("dilations", [1] * len(begins)),
+                                      attrs.get("group", 1), begins, out_dims)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -315,3 +315,74 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
         c_ = c.astype(dtype, copy=False)
         y += c_ * dtype.type(beta) if beta != 1.0 else c_
     return y.astype(a.dtype, copy=False)
+
+
+def conv_transpose_geometry(in_dims, kernel, strides, dilations, pads, output_padding, output_shape, auto_pad):
+    """(pad_begin, out_size) per spatial dim, per the ConvTranspose spec."""
+    spatial = len(in_dims)
+    natural = [s * (n - 1) + (k - 1) * d + 1 for n, k, s, d in zip(in_dims, kernel, strides, dilations)]
+    output_padding = list(output_padding) if output_padding else [0] * spatial
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if output_shape is not None:
+            target = list(output_shape)[-spatial:]
+        else:
+            target = [n * s for n, s in zip(in_dims, strides)]
+        begins = []
+        for full, extra, want in zip(natural, output_padding, target):
+            total = full + extra - want
+            # SAME_UPPER puts the smaller half first; otherwise the larger half goes first.
+            begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+        return begins, target
+    if auto_pad == "VALID":
+        pads = [0] * (2 * spatial)
+    pads = list(pads) if pads is not None else [0] * (2 * spatial)
+    begins, ends = pads[:spatial], pads[spatial:]
+    outs = [full + extra - b - e for full, extra, b, e in zip(natural, output_padding, begins, ends)]
+    return begins, outs
+
+
+@register("ConvTranspose", 1)
+@register("ConvTranspose", 11)
+@register("ConvTranspose", 22)
+def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                   output_padding=None, output_shape=None, pads=None, strides=None):
+    """Each input position scatters W * x into a kernel-sized window of the
+    output: one matmul W^T @ x gives every (output channel, tap, position)
+    product, then one strided add per kernel tap places them."""
+    spatial = x.ndim - 2
+    n, c = x.shape[:2]
+    kernel = tuple(w.shape[2:])
+    if w.shape[0] != c or c % group:
+        raise ValueError(f"ConvTranspose: weight shape {w.shape} does not fit input channels {c} with group={group}")
+    mg = w.shape[1]
+    m = mg * group
+    strides = list(strides) if strides else [1] * spatial
+    dilations = list(dilations) if dilations else [1] * spatial
+    in_dims = x.shape[2:]
+    begins, out_dims = conv_transpose_geometry(in_dims, kernel, strides, dilations, pads, output_padding,
+                                               output_shape, auto_pad)
+    dtype = _compute_dtype(x.dtype)
+    natural = [s * (i - 1) + (k - 1) * d + 1 for i, k, s, d in zip(in_dims, kernel, strides, dilations)]
+    # Output index o sits at o + begin in the "natural" buffer; widen it when pads are negative.
+    shift = [max(0, -bg) for bg in begins]
+    size = [max(nat + sh, bg + sh + o) for nat, sh, bg, o in zip(natural, shift, begins, out_dims)]
+    full = np.zeros((n, m) + tuple(size), dtype=dtype)
+    cg = c // group
+    k_count = int(np.prod(kernel))
+    positions = int(np.prod(in_dims))
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+    for i in range(n):
+        for g in range(group):
+            w_g = w[g * cg:(g + 1) * cg].astype(dtype, copy=False).reshape(cg, mg * k_count)
+            x_g = x[i, g * cg:(g + 1) * cg].astype(dtype, copy=False).reshape(cg, positions)
+            cols = parallel_matmul(np.ascontiguousarray(w_g.T), x_g).reshape((mg, k_count) + tuple(in_dims))
+            target = full[i, g * mg:(g + 1) * mg]
+            for t, index in enumerate(taps):
+                window = tuple(slice(sh + k * d, sh + k * d + s * (nin - 1) + 1, s)
+                               for sh, k, d, s, nin in zip(shift, index, dilations, strides, in_dims))
+                target[(slice(None),) + window] += cols[:, t]
+    crop = tuple(slice(sh + bg, sh + bg + o) for sh, bg, o in zip(shift, begins, out_dims))
+    y = full[(slice(None), slice(None)) + crop]
+    if b is not None:
+        y = y + b.astype(dtype).reshape((1, m) + (1,) * spatial)
+    return np.ascontiguousarray(y).astype(x.dtype, copy=False)
