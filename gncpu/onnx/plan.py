@@ -337,3 +337,15 @@ def remove_dead_nodes(graph: Graph) -> int:
     removed = len(graph.nodes) - len(kept)
     graph.nodes = kept[::-1]
     return removed
+
+
+def prune_initializers(graph: Graph) -> int:
+    """Drop initializers nothing reads any more (weights consumed only by folded
+    or fused nodes), so the session does not hold them. Returns how many."""
+    needed = {v.name for v in graph.outputs}
+    for node in graph.nodes:
+        needed.update(node_reads(node))
+    unused = [name for name in graph.initializers if name not in needed]
+    for name in unused:
+        del graph.initializers[name]
+    return len(unused)

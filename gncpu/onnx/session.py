@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from . import context, fusion, ops
 from .errors import InvalidModelError
 from .graph import Graph, ValueInfo, graph_from_model, normalize_domain
-from .plan import GROUP_NORM_FAMILY, Plan, fold_constants, remove_dead_nodes, topological_order
+from .plan import GROUP_NORM_FAMILY, Plan, fold_constants, prune_initializers, remove_dead_nodes, topological_order
 
 class FallbackWarning(UserWarning):
     """Some nodes run through onnx.reference (correct, but slow)."""
@@ -131,6 +131,7 @@ class InferenceSession:
         if fuse:
             self._fusion_report = dict(fusion.fuse_graph(graph) or {})
         self._dead_removed = remove_dead_nodes(graph)
+        self._initializers_pruned = prune_initializers(graph)
         self._graph = graph
         self._plan = Plan(graph)
         if any(s.kernel.label in ("Erf", "Gelu") and s.kernel.kind == "native" for s in self._plan.steps):
