@@ -113,11 +113,17 @@ class InferenceSession:
             num_threads = _count(num_threads, "num_threads")
         self._num_threads = num_threads
         start = time.perf_counter()
-        self._model = load_model_proto(model)
+        proto = load_model_proto(model)
         try:
-            graph = graph_from_model(self._model)
+            graph = graph_from_model(proto)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise InvalidModelError(f"cannot read the model's graph (corrupt tensor or attribute?): {exc}") from exc
+        # Keep the metadata, not the proto: its tensors would double the weights' memory.
+        self._meta = {"producer_name": proto.producer_name, "producer_version": proto.producer_version,
+                      "domain": proto.domain, "graph_name": proto.graph.name, "description": proto.doc_string,
+                      "version": proto.model_version,
+                      "custom_metadata_map": {p.key: p.value for p in proto.metadata_props}}
+        del proto
         ops.load_all()
         self._declared_inputs = list(graph.inputs)
         self._declared_outputs = list(graph.outputs)
@@ -158,10 +164,7 @@ class InferenceSession:
         return [_node_arg(v) for v in self._declared_outputs]
 
     def get_modelmeta(self):
-        m = self._model
-        return {"producer_name": m.producer_name, "producer_version": m.producer_version,
-                "domain": m.domain, "graph_name": m.graph.name, "description": m.doc_string,
-                "version": m.model_version, "custom_metadata_map": {p.key: p.value for p in m.metadata_props}}
+        return dict(self._meta)
 
     def run(self, output_names: Optional[Sequence[str]], input_feed: Dict[str, object], run_options=None) -> list:
         """Outputs named by `output_names` (None: all, in graph order) for `input_feed`."""
@@ -208,7 +211,7 @@ class InferenceSession:
         gn_fallback = sum(1 for s in steps if _op_key(s.node) in GROUP_NORM_FAMILY and s.kernel.kind != "native")
         report = self._fusion_report
         return {
-            "producer": f"{self._model.producer_name} {self._model.producer_version}".strip(),
+            "producer": f"{self._meta['producer_name']} {self._meta['producer_version']}".strip(),
             "opsets": dict(self._graph.opsets),
             "nodes_in_file": self._nodes_in_file,
             "nodes_folded": self._folded,
