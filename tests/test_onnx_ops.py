@@ -64,6 +64,14 @@ def _conv_cases():
         Case("Conv", [f32(1, 96, 40, 40), f32(96, 1, 3, 3)], {"strides": [2, 2], "group": 96},
              id="Conv_threaded_depthwise_strided"),
         Case("Conv", [f32(1, 256, 48, 48), f32(128, 256, 1, 1)], {}, id="Conv_threaded_pointwise"),
+        # 3x3 stride 1 with >= 128 channels runs as Winograd F(2x2, 3x3); odd sizes crop the last tile.
+        Case("Conv", [f32(1, 128, 12, 12), f32(128, 128, 3, 3), f32(128)], {"pads": [1, 1, 1, 1]},
+             id="Conv_winograd"),
+        Case("Conv", [f32(2, 160, 9, 7), f32(256, 160, 3, 3)], {"pads": [1, 1, 1, 1]}, id="Conv_winograd_odd"),
+        Case("Conv", [f32(1, 128, 11, 10), f32(128, 128, 3, 3), f32(128)], {"pads": [0, 1, 2, 0]},
+             id="Conv_winograd_asym_pads"),
+        Case("Conv", [f32(1, 256, 8, 8) * 100 + 1000, f32(256, 256, 3, 3), f32(256)], {"pads": [1, 1, 1, 1]},
+             id="Conv_winograd_offset_input"),
     ]
     return cases
 

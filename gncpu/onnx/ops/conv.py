@@ -17,6 +17,7 @@ import numpy as np
 
 from ..registry import register
 from .parallel import chunks, run_tasks, split_count
+from .winograd import conv3x3_winograd, winograd_applies
 
 _workspace = threading.local()
 
@@ -102,8 +103,11 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
 
     y = np.empty((n, m) + out_dims, dtype=dtype)
     unit = all(s == 1 for s in strides)
+    winograd = winograd_applies(x, weight, group, strides, dilations, out_dims)
     for i in range(n):
-        if unit:
+        if winograd:
+            conv3x3_winograd(xp[i], weight, bias, out_dims, y[i])
+        elif unit:
             _conv_unit_stride(xp[i], weight, bias, group, kernel, dilations, out_dims, y[i])
         else:
             _conv_strided(xp[i], weight, bias, group, kernel, strides, dilations, out_dims, y[i])
