@@ -3,12 +3,14 @@
 Convolution becomes one BLAS matrix product per group:
     Y[m, pos] = sum over (c, kernel offset) of W[m, c, offset] * Xpad[c, pos + offset]
 
-For unit strides the input is zero-padded once and its spatial dims
-flattened; every kernel offset is then a contiguous window of that flat
-buffer, so the column matrix is built from C*K large contiguous copies (not
-C*K*rows short ones), and the product runs over "padded-width" rows whose
-few extra columns per row are dropped when cropping. The crop, bias add and
-dtype conversion happen in one pass over the output.
+The input is zero-padded once and its spatial dims flattened; every kernel
+offset is then a contiguous window of that flat buffer, so the column matrix
+is built from C*K large contiguous copies (not C*K*rows short ones), and the
+product runs over "padded-width" rows whose few extra columns per row are
+dropped when cropping. Strided convs first split the input into stride-phase
+planes (space-to-depth), which makes each tap a unit-stride window again.
+The crop and bias add happen in one pass over the output. 3x3 stride-1 convs
+with many channels use Winograd F(2x2, 3x3) instead (winograd.py).
 """
 import itertools
 import threading
@@ -102,15 +104,12 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         return y.astype(x.dtype, copy=False)
 
     y = np.empty((n, m) + out_dims, dtype=dtype)
-    unit = all(s == 1 for s in strides)
     winograd = winograd_applies(x, weight, group, strides, dilations, out_dims)
     for i in range(n):
         if winograd:
             conv3x3_winograd(xp[i], weight, bias, out_dims, y[i])
-        elif unit:
-            _conv_unit_stride(xp[i], weight, bias, group, kernel, dilations, out_dims, y[i])
         else:
-            _conv_strided(xp[i], weight, bias, group, kernel, strides, dilations, out_dims, y[i])
+            _conv_windows(xp[i], weight, bias, group, kernel, strides, dilations, out_dims, y[i])
     return y.astype(x.dtype, copy=False)
 
 
@@ -132,19 +131,42 @@ def _column_blocks(columns, rows_times_depth):
     return chunks(columns, parts, align=16), threads
 
 
-def _conv_unit_stride(xp, weight, bias, group, kernel, dilations, out_dims, y):
-    """One sample, strides 1: windows of the flattened padded input."""
+def _phase_planes(xp, strides):
+    """Split a padded sample (C, *P) into prod(strides) phase planes
+    (phases, C, *Q), Q = ceil(P / stride): plane r holds xp[:, r + stride * q].
+    A strided convolution is then, per kernel tap, a unit-stride window of one
+    plane, so the columns are built from contiguous copies as for stride 1."""
+    if all(s == 1 for s in strides):
+        return xp[None], (0,)
+    c, padded = xp.shape[0], xp.shape[1:]
+    plane_dims = tuple(-(-p // s) for p, s in zip(padded, strides))
+    phases = list(itertools.product(*(range(s) for s in strides)))
+    planes = np.zeros((len(phases), c) + plane_dims, dtype=xp.dtype)
+    for index, phase in enumerate(phases):
+        source = xp[(slice(None),) + tuple(slice(r, None, s) for r, s in zip(phase, strides))]
+        planes[(index, slice(None)) + tuple(slice(0, n) for n in source.shape[1:])] = source
+    return planes, phases
+
+
+def _conv_windows(xp, weight, bias, group, kernel, strides, dilations, out_dims, y):
+    """One sample: columns from contiguous windows of the flattened (phase
+    planes of the) padded input, one matmul per group and column block."""
     c = xp.shape[0]
     m = weight.shape[0]
-    padded_dims = xp.shape[1:]
-    flat = xp.reshape(c, -1)
-    # Element strides of the padded spatial dims (row-major).
-    pstrides = [int(np.prod(padded_dims[k + 1:])) for k in range(len(padded_dims))]
-    span = sum((o - 1) * ps for o, ps in zip(out_dims, pstrides)) + 1
-    offsets = [sum(i * d * ps for i, d, ps in zip(index, dilations, pstrides))
-               for index in itertools.product(*(range(k) for k in kernel))]
-    k_count = len(offsets)
-    pointwise = k_count == 1 and offsets[0] == 0 and span == flat.shape[1]
+    planes, phases = _phase_planes(xp, strides)
+    plane_dims = planes.shape[2:]
+    flat = planes.reshape(len(phases), c, -1)
+    # Element strides of a plane's spatial dims (row-major).
+    qstrides = [int(np.prod(plane_dims[k + 1:])) for k in range(len(plane_dims))]
+    span = sum((o - 1) * qs for o, qs in zip(out_dims, qstrides)) + 1
+    taps = []
+    for index in itertools.product(*(range(k) for k in kernel)):
+        shifted = [i * d for i, d in zip(index, dilations)]
+        phase = tuple(t % s for t, s in zip(shifted, strides))
+        offset = sum((t // s) * qs for t, s, qs in zip(shifted, strides, qstrides))
+        taps.append((phases.index(phase) if len(phases) > 1 else 0, offset))
+    k_count = len(taps)
+    pointwise = k_count == 1 and taps[0][1] == 0 and span == flat.shape[2]
     cg, mg = c // group, m // group
     result = y.reshape(m, -1) if pointwise else np.empty((m, span), dtype=y.dtype)
     blocks, threads = _column_blocks(span, m * cg * k_count)
@@ -152,24 +174,23 @@ def _conv_unit_stride(xp, weight, bias, group, kernel, dilations, out_dims, y):
 
     def block_task(g, start, stop):
         def task():
-            x_g = flat[g * cg:(g + 1) * cg]
             out = result[g * mg:(g + 1) * mg, start:stop]
             if pointwise:
-                np.matmul(w_groups[g], x_g[:, start:stop], out=out)
+                np.matmul(w_groups[g], flat[taps[0][0], g * cg:(g + 1) * cg, start:stop], out=out)
                 return
             cols = _scratch((cg, k_count, stop - start), y.dtype)
-            for k, offset in enumerate(offsets):
-                cols[:, k, :] = x_g[:, offset + start:offset + stop]
+            for k, (plane, offset) in enumerate(taps):
+                cols[:, k, :] = flat[plane, g * cg:(g + 1) * cg, offset + start:offset + stop]
             np.matmul(w_groups[g], cols.reshape(cg * k_count, stop - start), out=out)
         return task
 
     run_tasks([block_task(g, start, stop) for g in range(group) for start, stop in blocks], threads)
     if not pointwise:
-        # View the padded-width rows as the output grid (dropping the wrap-around columns).
+        # View the plane-width rows as the output grid (dropping the wrap-around columns).
         itemsize = result.itemsize
         grid = np.lib.stride_tricks.as_strided(
             result, shape=(m,) + out_dims,
-            strides=(result.strides[0],) + tuple(ps * itemsize for ps in pstrides), writeable=False)
+            strides=(result.strides[0],) + tuple(qs * itemsize for qs in qstrides), writeable=False)
         if bias is not None:
             np.add(grid, bias.reshape((m,) + (1,) * len(out_dims)), out=y)
         else:
@@ -178,45 +199,11 @@ def _conv_unit_stride(xp, weight, bias, group, kernel, dilations, out_dims, y):
         y += bias.reshape((m,) + (1,) * len(out_dims))
 
 
-def _conv_strided(xp, weight, bias, group, kernel, strides, dilations, out_dims, y):
-    """One sample, any strides: one strided copy per kernel offset into the
-    columns, in blocks of output rows (the first spatial dim)."""
-    c = xp.shape[0]
-    m = weight.shape[0]
-    cg, mg = c // group, m // group
-    offsets = list(itertools.product(*(range(k) for k in kernel)))
-    k_count = len(offsets)
-    inner = int(np.prod(out_dims[1:]))
-    out = y.reshape(m, -1)
-    threads = split_count(out_dims[0] * inner * m * cg * k_count, _MIN_MACS_PER_THREAD)
-    row_blocks = chunks(out_dims[0], threads * _BLOCKS_PER_THREAD if threads > 1 else 1)
-    w_groups = [weight[g * mg:(g + 1) * mg].reshape(mg, cg * k_count) for g in range(group)]
-
-    def block_task(g, r0, r1):
-        def task():
-            rows = r1 - r0
-            cols = _scratch((cg, k_count, rows) + tuple(out_dims[1:]), y.dtype)
-            x_g = xp[g * cg:(g + 1) * cg]
-            for k, index in enumerate(offsets):
-                first = slice(index[0] * dilations[0] + r0 * strides[0],
-                              index[0] * dilations[0] + strides[0] * (r1 - 1) + 1, strides[0])
-                rest = tuple(slice(i * d, i * d + s * (o - 1) + 1, s)
-                             for i, d, s, o in zip(index[1:], dilations[1:], strides[1:], out_dims[1:]))
-                cols[:, k] = x_g[(slice(None), first) + rest]
-            np.matmul(w_groups[g], cols.reshape(cg * k_count, rows * inner),
-                      out=out[g * mg:(g + 1) * mg, r0 * inner:r1 * inner])
-        return task
-
-    run_tasks([block_task(g, r0, r1) for g in range(group) for r0, r1 in row_blocks], threads)
-    if bias is not None:
-        out += bias[:, None]
-
-
 def _depthwise(xp, weight, out_dims, strides, dilations):
     """One filter per channel: a multiply-accumulate per kernel tap over a
     block of channels (a matmul per channel would be C tiny products). Blocks
     are sized to stay in L2 across the taps; with unit strides each tap is a
-    contiguous window of the flattened padded input (as in _conv_unit_stride)."""
+    contiguous window of the flattened padded input (as in _conv_windows)."""
     n, c = xp.shape[:2]
     kernel = weight.shape[2:]
     taps = list(itertools.product(*(range(k) for k in kernel)))
