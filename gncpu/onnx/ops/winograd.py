@@ -136,12 +136,13 @@ def conv3x3_winograd(xp, w, bias, out_dims, y):
     even = oh == 2 * tiles_h and ow == 2 * tiles_w
     y_full = y if even else np.empty((m, 2 * tiles_h, 2 * tiles_w), dtype=xp.dtype)
     threads = split_count(16 * m * c * tiles, 1 << 21)
-    # Channel blocks whose transform intermediates (~16 planes of `tiles` floats) stay in L2.
-    block = max(1, min(c, (512 << 10) // (16 * tiles * xp.itemsize)))
+    # Channel blocks whose transform intermediates (~16 planes of `tiles` floats) stay in L2,
+    # but at least 8 channels: each block costs ~20 NumPy calls of fixed overhead.
+    block = max(8, min(c, (512 << 10) // (16 * tiles * xp.itemsize)))
     run_tasks([lambda c0=c0: _input_transform(xp, tiles_h, tiles_w, v, c0, min(c0 + block, c))
                for c0 in range(0, c, block)], threads)
     run_tasks([lambda k=k: np.matmul(u[k], v[k], out=products[k]) for k in range(16)], threads)
-    block = max(1, min(m, (512 << 10) // (16 * tiles * xp.itemsize)))
+    block = max(8, min(m, (512 << 10) // (16 * tiles * xp.itemsize)))
     run_tasks([lambda m0=m0: _output_transform(products, tiles_h, tiles_w, bias, y_full, m0, min(m0 + block, m))
                for m0 in range(0, m, block)], threads)
     if not even:
