@@ -289,9 +289,15 @@ def _other_operand(node: Node, name: str):
     return b if a == name else a
 
 
-def _is_const(idx, name, value, rtol=1e-6):
+def _is_const(idx, name, value):
+    """name is a one-element constant equal to `value` as rounded to its dtype."""
     const = const_value(idx, name)
-    return const is not None and np.size(const) == 1 and np.isclose(float(np.ravel(const)[0]), value, rtol=rtol)
+    if const is None or np.size(const) != 1 or np.asarray(const).dtype.kind != "f":
+        return False
+    const = np.asarray(const)
+    # A float16 model stores sqrt(2) as 1.4140625: compare at its precision.
+    rtol = 4 * float(np.finfo(const.dtype).eps) if const.dtype.itemsize < 8 else 1e-9
+    return bool(np.isclose(float(const.ravel()[0]), value, rtol=max(rtol, 1e-9), atol=0))
 
 
 def _gelu_erf_after(idx: GraphIndex, y: str):

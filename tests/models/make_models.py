@@ -175,12 +175,31 @@ def make_torch():
     import torch
 
     written = []
-    for name, (build, shape) in _torch_modules().items():
+    modules = _torch_modules()
+    for name, (build, shape) in modules.items():
         for exporter, opset in (("legacy", 14), ("legacy", 17), ("dynamo", 18), ("dynamo", 21)):
             torch.manual_seed(0)
             path = os.path.join(HERE, f"torch_{exporter}_{name}_opset{opset}.onnx")
             _export_torch(build(), (torch.randn(shape),), path, exporter, opset)
             written.append(path)
+    # Dynamic batch and spatial dims: reshape targets come from Shape(x).
+    for name in ("vae_decoder_block", "wav2vec2_conv1d_gn"):
+        build, shape = modules[name]
+        torch.manual_seed(0)
+        module = build()
+        axes = {0: "N", 2: "L"} if len(shape) == 3 else {0: "N", 2: "H", 3: "W"}
+        path = os.path.join(HERE, f"torch_legacy_dynamic_{name}_opset17.onnx")
+        torch.onnx.export(module, (torch.randn(shape),), path, opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": axes, "y": axes})
+        _tag(path, sum(isinstance(m, torch.nn.GroupNorm) for m in module.modules()))
+        written.append(path)
+    # float16 models: weights, the InstanceNorm and the GELU constants in half precision.
+    for name in ("conv_gn_silu", "wav2vec2_conv1d_gn"):
+        build, shape = modules[name]
+        torch.manual_seed(0)
+        path = os.path.join(HERE, f"torch_legacy_fp16_{name}_opset17.onnx")
+        _export_torch(build().half(), (torch.randn(shape).half(),), path, "legacy", 17)
+        written.append(path)
     return written
 
 
