@@ -145,7 +145,8 @@ def _apply(graph: Graph, idx: GraphIndex, match: Match):
 
 
 def _replace(graph: Graph, removed: List[Node], anchor: Node, new: Node):
-    """Put `new` where `anchor` was and drop `removed` (which includes anchor)."""
+    """Put `new` where `anchor` was, drop `removed` (which includes anchor)
+    and the initializers only they read (the folded weights, reshape targets)."""
     gone = {id(n) for n in removed}
     nodes = []
     for node in graph.nodes:
@@ -154,6 +155,15 @@ def _replace(graph: Graph, removed: List[Node], anchor: Node, new: Node):
         elif id(node) not in gone:
             nodes.append(node)
     graph.nodes[:] = nodes
+    _drop_unread_initializers(graph, {name for n in removed for name in n.inputs})
+
+
+def _drop_unread_initializers(graph: Graph, candidates):
+    orphans = {name for name in candidates if name in graph.initializers}
+    if orphans:
+        still_read = {name for n in graph.nodes for name in n.inputs} | {v.name for v in graph.outputs}
+        for name in orphans - still_read:
+            del graph.initializers[name]
 
 
 # ----------------------------------------------------------------------------
@@ -172,6 +182,7 @@ def _convert_native(graph: Graph, idx: GraphIndex, counts):
             continue
         if fused is not None:
             graph.nodes[graph.nodes.index(node)] = fused
+            _drop_unread_initializers(graph, node.inputs[1:])
             counts[key] += 1
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from onnx.helper import np_dtype_to_tensor_dtype
 
 from .fusion_facts import Dim, GraphIndex, canonical_dim, const_value, is_float_cast, shape_entries
 from .graph import Node
@@ -306,7 +307,6 @@ class _Evaluator:
             like = const_value(ctx.index, node.inputs[1])
             if node.inputs[0] not in ctx.values or like is None or np.asarray(like).dtype.kind != "f":
                 raise NotProven("CastLike to an unknown type")
-            from onnx.helper import np_dtype_to_tensor_dtype
             return Value(view, first.mask, first.poly, np_dtype_to_tensor_dtype(np.asarray(like).dtype))
         if node.inputs[0] not in ctx.values:
             raise NotProven(f"{op} with x only in a secondary input")
