@@ -107,28 +107,35 @@ def _sessions(path):
     return ours, ort_session
 
 
-def _compare(label, path, x, repeats):
+def _compare(label, path, x, repeats, kernel_call=None):
+    """Time both sessions on `path`; kernel_call (the bare gncpu.group_norm
+    the fused node makes) is interleaved too, to show the session's overhead."""
     ours, theirs = _sessions(path)
     feed = {"x": x}
     a = ours.run(None, feed)[0]
     b = theirs.run(None, feed)[0]
     err = np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
-    medians = _interleaved({"gncpu": lambda: ours.run(None, feed), "onnxruntime": lambda: theirs.run(None, feed)},
-                           repeats)
+    runners = {"gncpu": lambda: ours.run(None, feed), "onnxruntime": lambda: theirs.run(None, feed)}
+    if kernel_call is not None:
+        runners["kernel"] = kernel_call
+    medians = _interleaved(runners, repeats)
     stats = ours.stats()
     print(f"{label:44s} gncpu {medians['gncpu'] * 1e3:8.2f} ms   onnxruntime {medians['onnxruntime'] * 1e3:8.2f} ms"
           f"   gncpu/ort = {medians['gncpu'] / medians['onnxruntime']:5.2f}   ort/gncpu = "
           f"{medians['onnxruntime'] / medians['gncpu']:5.1f}x   (GN native {stats['group_norm_native']},"
           f" SiLU fused {stats['silu_fused']}, max rel diff {err:.1e})")
+    if kernel_call is not None:
+        print(f"{'  of which gncpu.group_norm itself':44s} {medians['kernel'] * 1e3:8.2f} ms"
+              f"   ort/kernel = {medians['onnxruntime'] / medians['kernel']:5.1f}x")
     return ours, medians
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--channels", type=int, default=512, help="512: SD VAE decoder at a 64x64 latent")
     parser.add_argument("--groups", type=int, default=32)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
 
     import onnxruntime
@@ -153,10 +160,17 @@ def main():
         _, profile = ours.run_with_profile(None, {"x": x})
         total = sum(p["seconds"] for p in profile.values())
         print("  gncpu time by op: " + ", ".join(f"{op} {p['seconds'] / total:.0%}" for op, p in profile.items()))
+        weight = gn.norm.weight.detach().numpy()
+        bias = gn.norm.bias.detach().numpy()
+        import gncpu as _gncpu
+
+        def kernel_call():
+            return _gncpu.group_norm(x, args.groups, weight, bias, 1e-6, activation="silu", num_threads=THREADS)
+
         for opset, label in ((17, "GroupNorm+SiLU, legacy pattern (opset 17)"),
                              (21, "GroupNorm+SiLU, GroupNormalization-21")):
             path = _export(gn, shape, os.path.join(tmp, f"gn{opset}.onnx"), opset)
-            _compare(label, path, x, args.repeats * 3)
+            _compare(label, path, x, args.repeats * 3, kernel_call)
         from gncpu.kernel import kernels
         dst = np.empty_like(x)
         copy_time = _interleaved({"copy": lambda: kernels.parallel_copy(x.ravel(), dst.ravel(), THREADS)},
