@@ -85,7 +85,7 @@ def test_exported_model_runs_native_and_matches_reference(path):
 def test_models_cover_every_exporter_and_shape_family():
     names = " ".join(os.path.basename(p) for p in MODELS)
     for needed in ("torch_legacy_.*opset14", "torch_legacy_.*opset17", "torch_dynamo_.*opset21",
-                   "tf2onnx_", "function_body_.*opset18", "function_body_.*opset21",
+                   "tf2onnx_keras3_", "tf2onnx_keras2_", "tf2onnx_.*opset18", "function_body_.*opset18", "function_body_.*opset21",
                    "_g1_", "_g_equals_c_", "conv1d", "rank3", "silu", "vae_decoder_block",
                    "hf_sd_vae_decoder", "hf_ddpm_unet", "hf_wav2vec2", "legacy_dynamic_", "legacy_fp16_"):
         assert re.search(needed, names), needed
@@ -285,13 +285,13 @@ def test_unknown_rank_left_alone():
 # hand-built channels-last decomposition (the E[x^2] - E[x]^2 variance of Keras 3's
 # own moments(), which tf2onnx did not emit for our models)
 
-def _keras_moments_pattern(variance="mean_of_square", groups=2, channels=6, eps=1e-3):
+def _keras_moments_pattern(variance="mean_of_square", groups=2, channels=6, eps=1e-3, axes=(1, 2, 4)):
     rng = np.random.default_rng(1)
     g = (1 + 0.5 * rng.standard_normal((1, 1, 1, groups, channels // groups))).astype(np.float32)
     b = (0.5 * rng.standard_normal((1, 1, 1, groups, channels // groups))).astype(np.float32)
     inits = [numpy_helper.from_array(np.array([-1, 4, 5, groups, channels // groups], np.int64), "grouped"),
              numpy_helper.from_array(np.array([-1, 4, 5, channels], np.int64), "back"),
-             numpy_helper.from_array(np.array([1, 2, 4], np.int64), "axes"),
+             numpy_helper.from_array(np.array(axes, np.int64), "axes"),
              numpy_helper.from_array(np.array(eps, np.float32), "eps"),
              numpy_helper.from_array(np.array(-0.5, np.float32), "minus_half"),
              numpy_helper.from_array(g, "gamma"), numpy_helper.from_array(b, "beta")]
@@ -329,6 +329,14 @@ def test_channels_last_moments_variants(variance):
     (node,) = graph.nodes
     assert node.attrs["channels_last"] == 1 and node.attrs["num_groups"] == 2
     assert node.attrs["epsilon"] == pytest.approx(1e-3)
+    _check_against_reference(model)
+
+
+@pytest.mark.parametrize("axes", [(1, 2), (1, 2, 3, 4), (2, 4)])
+def test_channels_last_statistics_over_other_than_a_group_left_alone(axes):
+    model = _keras_moments_pattern(axes=axes)
+    counts, unchanged = _unchanged(model)
+    assert counts["native_group_norms"] == 0 and unchanged
     _check_against_reference(model)
 
 
