@@ -10,9 +10,10 @@ tensor x symbolically and checks that the result is, exactly,
 
     y = (x - mean) * rstd * gamma_c + beta_c,   rstd = 1 / sqrt(var + eps)
 
-Every value reached from x is a polynomial in four per-element atoms,
+Every value reached from x is a polynomial in five per-element atoms,
 
     X (x itself), M (group mean of x), Q (group mean of x^2), R (rstd, with one eps),
+    K (elements per group: ReduceSum is K times a mean, Keras 2 divides by it),
 
 whose coefficients are per-channel vectors (C,). A value also carries its
 *view*: how the (N, C, *spatial) elements of x are laid out in its shape
@@ -23,6 +24,10 @@ Reshapes are followed only when their target provably produces one of these
 views (static dims, or `Shape(x)` slices), ReduceMean only over exactly a
 group's axes, Sqrt only of `Q - M^2 + eps` (i.e. var + eps, however the
 variance was written), constants only when they are per-channel.
+
+Constants may also be tensors filled through ConstantOfShape(Shape(x)) (Keras'
+ones_like / zeros_like), and a Where(Equal(K, 0), 0, v) guard (div_no_nan)
+is v, since a group is never empty.
 
 Anything the evaluator cannot prove stops the walk there, so an unproven
 pattern is left alone: the graph only changes when the algebra closes.
@@ -437,7 +442,8 @@ class _Evaluator:
             raise NotProven("Where guarding something other than a group size")
         if const_value(ctx.index, node.inputs[1]) is None:
             raise NotProven("Where with a non-constant fallback")
-        return value
+        mask = tuple(a or b for a, b in zip(value.mask, count.mask))
+        return Value(value.view, mask, value.poly, value.dtype)
 
     def reduce_mean(self, node, value: Value) -> Value:
         ctx, view = self.ctx, value.view
