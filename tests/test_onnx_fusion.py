@@ -469,3 +469,19 @@ def test_fusion_is_idempotent():
     counts = fuse_graph(graph)
     assert counts["group_norm_fused"] == 0 and counts["silu"] == 0
     assert graph.nodes == before.nodes and set(graph.initializers) == set(before.initializers)
+
+
+def test_intermediate_read_inside_a_subgraph_blocks_fusion():
+    # An If branch reads the instance-norm output from the outer scope: the
+    # pattern's intermediate is needed, so it must stay.
+    model = _torch_pattern()
+    branch_out = helper.make_tensor_value_info("branch", TensorProto.FLOAT, None)
+    then_graph = helper.make_graph([helper.make_node("Identity", ["n"], ["branch"])], "then", [], [branch_out])
+    else_graph = helper.make_graph([helper.make_node("Identity", ["n"], ["branch"])], "else", [], [branch_out])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "flag"))
+    model.graph.node.append(helper.make_node("If", ["flag"], ["picked"], then_branch=then_graph,
+                                             else_branch=else_graph))
+    model.graph.output.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, None))
+    counts, unchanged = _unchanged(model)
+    assert counts["native_group_norms"] == 0 and unchanged
+    _check_against_reference(model)

@@ -15,7 +15,7 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 import onnx
 
-from .graph import Graph, Node, constant_value, node_to_proto
+from .graph import Graph, Node, constant_value, node_to_proto, outer_scope_reads
 
 # Initializers up to this many elements are handed to shape inference as
 # values (reshape targets, axes); larger ones only as typed inputs, so a
@@ -47,11 +47,23 @@ class GraphIndex:
             for name in node.inputs:
                 if name:
                     self.consumers.setdefault(name, []).append(node)
+            for name in _subgraph_reads(node) - set(node.inputs):
+                # If / Loop bodies reading a value from this scope consume it too
+                self.consumers.setdefault(name, []).append(node)
         self.graph_outputs = {v.name for v in graph.outputs}
         # Filled by the fusion driver: static shapes and element types (names
         # keep their meaning across rewrites, so these survive a rebuild).
         self.shapes: Dict[str, tuple] = {}
         self.dtypes: Dict[str, int] = {}
+
+
+def _subgraph_reads(node: Node) -> set:
+    reads = set()
+    for value in node.attrs.values():
+        for sub in value if isinstance(value, list) else [value]:
+            if isinstance(sub, Graph):
+                reads |= outer_scope_reads(sub)
+    return reads
 
 
 def is_float_cast(node: Node) -> bool:
