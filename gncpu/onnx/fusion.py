@@ -145,7 +145,8 @@ def _apply(graph: Graph, idx: GraphIndex, match: Match):
 
 
 def _replace(graph: Graph, removed: List[Node], anchor: Node, new: Node):
-    """Put `new` where `anchor` was and drop `removed` (which includes anchor)."""
+    """Put `new` where `anchor` was, drop `removed` (which includes anchor)
+    and the initializers only they read (the folded weights, reshape targets)."""
     gone = {id(n) for n in removed}
     nodes = []
     for node in graph.nodes:
@@ -154,6 +155,15 @@ def _replace(graph: Graph, removed: List[Node], anchor: Node, new: Node):
         elif id(node) not in gone:
             nodes.append(node)
     graph.nodes[:] = nodes
+    _drop_unread_initializers(graph, {name for n in removed for name in n.inputs})
+
+
+def _drop_unread_initializers(graph: Graph, candidates):
+    orphans = {name for name in candidates if name in graph.initializers}
+    if orphans:
+        still_read = {name for n in graph.nodes for name in n.inputs} | {v.name for v in graph.outputs}
+        for name in orphans - still_read:
+            del graph.initializers[name]
 
 
 # ----------------------------------------------------------------------------
@@ -172,6 +182,7 @@ def _convert_native(graph: Graph, idx: GraphIndex, counts):
             continue
         if fused is not None:
             graph.nodes[graph.nodes.index(node)] = fused
+            _drop_unread_initializers(graph, node.inputs[1:])
             counts[key] += 1
 
 
@@ -289,9 +300,15 @@ def _other_operand(node: Node, name: str):
     return b if a == name else a
 
 
-def _is_const(idx, name, value, rtol=1e-6):
+def _is_const(idx, name, value):
+    """name is a one-element constant equal to `value` as rounded to its dtype."""
     const = const_value(idx, name)
-    return const is not None and np.size(const) == 1 and np.isclose(float(np.ravel(const)[0]), value, rtol=rtol)
+    if const is None or np.size(const) != 1 or np.asarray(const).dtype.kind != "f":
+        return False
+    const = np.asarray(const)
+    # A float16 model stores sqrt(2) as 1.4140625: compare at its precision.
+    rtol = 4 * float(np.finfo(const.dtype).eps) if const.dtype.itemsize < 8 else 1e-9
+    return bool(np.isclose(float(const.ravel()[0]), value, rtol=max(rtol, 1e-9), atol=0))
 
 
 def _gelu_erf_after(idx: GraphIndex, y: str):

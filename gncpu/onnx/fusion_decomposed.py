@@ -10,9 +10,10 @@ tensor x symbolically and checks that the result is, exactly,
 
     y = (x - mean) * rstd * gamma_c + beta_c,   rstd = 1 / sqrt(var + eps)
 
-Every value reached from x is a polynomial in four per-element atoms,
+Every value reached from x is a polynomial in five per-element atoms,
 
     X (x itself), M (group mean of x), Q (group mean of x^2), R (rstd, with one eps),
+    K (elements per group: ReduceSum is K times a mean, Keras 2 divides by it),
 
 whose coefficients are per-channel vectors (C,). A value also carries its
 *view*: how the (N, C, *spatial) elements of x are laid out in its shape
@@ -24,6 +25,10 @@ views (static dims, or `Shape(x)` slices), ReduceMean only over exactly a
 group's axes, Sqrt only of `Q - M^2 + eps` (i.e. var + eps, however the
 variance was written), constants only when they are per-channel.
 
+Constants may also be tensors filled through ConstantOfShape(Shape(x)) (Keras'
+ones_like / zeros_like), and a Where(Equal(K, 0), 0, v) guard (div_no_nan)
+is v, since a group is never empty.
+
 Anything the evaluator cannot prove stops the walk there, so an unproven
 pattern is left alone: the graph only changes when the algebra closes.
 """
@@ -33,18 +38,22 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from onnx.helper import np_dtype_to_tensor_dtype
 
 from .fusion_facts import Dim, GraphIndex, canonical_dim, const_value, is_float_cast, shape_entries
 from .graph import Node
 
-# Monomial key: exponents of (X, M, Q, R). R**-1 is the standard deviation.
-Key = Tuple[int, int, int, int]
-ONE: Key = (0, 0, 0, 0)
-X_R: Key = (1, 0, 0, 1)
-M_R: Key = (0, 1, 0, 1)
-_STD: Key = (0, 0, 0, -1)
-_Q: Key = (0, 0, 1, 0)
-_M2: Key = (0, 2, 0, 0)
+# Monomial key: exponents of (X, M, Q, R, K). R**-1 is the standard
+# deviation; K is the number of elements in a group (ReduceSum = K * mean).
+Key = Tuple[int, int, int, int, int]
+X: Key = (1, 0, 0, 0, 0)
+ONE: Key = (0, 0, 0, 0, 0)
+X_R: Key = (1, 0, 0, 1, 0)
+M_R: Key = (0, 1, 0, 1, 0)
+_STD: Key = (0, 0, 0, -1, 0)
+_Q: Key = (0, 0, 1, 0, 0)
+_M2: Key = (0, 2, 0, 0, 0)
+_K: Key = (0, 0, 0, 0, 1)
 
 _ROLE_N, _ROLE_C, _ROLE_G, _ROLE_CG, _ROLE_S, _ROLE_L = "N", "C", "G", "Cg", "S", "L"
 
@@ -262,17 +271,64 @@ class _Evaluator:
         self.ctx = ctx
 
     def operand(self, name: str, view: View):
-        """A node input as (poly, mask, dtype): a region value, or a constant."""
-        value = self.ctx.values.get(name)
+        """A node input as (poly, mask, dtype): a region value, a constant, or
+        a tensor built from filled constants (Keras' ones_like / zeros_like)."""
+        ctx = self.ctx
+        value = ctx.values.get(name)
+        if value is None:
+            const = const_value(ctx.index, name)
+            if const is not None:
+                vector, mask = ctx.per_channel(const, view)
+                return {ONE: vector}, mask, None
+            value = self.filled(name)
+            if value is None:
+                raise NotProven(f"operand {name!r} is neither derived from x nor constant")
+        if value.view != view:
+            raise NotProven("operands in different views")
+        return value.poly, value.mask, value.dtype
+
+    def filled(self, name: str, depth: int = 0) -> Optional[Value]:
+        """Evaluate `name` if it derives only from ConstantOfShape(Shape(...))
+        with one of the views' shapes, and constants; None otherwise."""
+        ctx = self.ctx
+        node = ctx.index.producer.get(name)
+        if node is None or node.domain != "" or depth > 8 or len(node.outputs) != 1:
+            return None
+        if node.op_type == "ConstantOfShape":
+            value = self.constant_of_shape(node)
+        else:
+            # (a Reshape's target is a shape expression, proven by the reshape itself)
+            data = node.inputs[:1] if node.op_type == "Reshape" else node.inputs
+            for i in data:
+                if i and i not in ctx.values and const_value(ctx.index, i) is None \
+                        and self.filled(i, depth + 1) is None:
+                    return None
+            if not any(i in ctx.values for i in node.inputs):
+                return None
+            try:
+                value = self.node(node)
+            except NotProven:
+                return None
         if value is not None:
-            if value.view != view:
-                raise NotProven("operands in different views")
-            return value.poly, value.mask, value.dtype
-        const = const_value(self.ctx.index, name)
-        if const is None:
-            raise NotProven(f"operand {name!r} is neither derived from x nor constant")
-        vector, mask = self.ctx.per_channel(const, view)
-        return {ONE: vector}, mask, None
+            ctx.values[name] = value
+        return value
+
+    def constant_of_shape(self, node) -> Optional[Value]:
+        ctx = self.ctx
+        dims = shape_entries(ctx.index, node.inputs[0], ctx.dims_of)
+        if dims is None or -1 in dims or 0 in dims:
+            return None
+        dims = [canonical_dim(ctx.index, d) if isinstance(d, Dim) else d for d in dims]
+        fill = node.attrs.get("value")
+        fill = np.zeros(1, np.float32) if fill is None else np.asarray(fill).ravel()
+        if fill.size != 1 or fill.dtype.kind != "f":
+            return None
+        views = [ctx.x_view()] + (ctx.candidate_views(ctx.groups) if ctx.groups else [])
+        for view in views:
+            if _matches(dims, view.dims):
+                full = (True,) * len(view.dims)
+                return Value(view, full, {ONE: np.full(ctx.channels, float(fill[0]))} if fill[0] else {}, None)
+        return None
 
     def node(self, node: Node) -> Value:
         if node.domain != "" or len(node.outputs) != 1:
@@ -306,14 +362,16 @@ class _Evaluator:
             like = const_value(ctx.index, node.inputs[1])
             if node.inputs[0] not in ctx.values or like is None or np.asarray(like).dtype.kind != "f":
                 raise NotProven("CastLike to an unknown type")
-            from onnx.helper import np_dtype_to_tensor_dtype
             return Value(view, first.mask, first.poly, np_dtype_to_tensor_dtype(np.asarray(like).dtype))
+        if op == "Where":
+            return self.where_nonzero(node)
         if node.inputs[0] not in ctx.values:
             raise NotProven(f"{op} with x only in a secondary input")
         if op == "Reshape":
             return ctx.reshape(node, first)
-        if op == "ReduceMean":
+        if op in ("ReduceMean", "ReduceSum"):
             return self.reduce_mean(node, first)
+
         if op == "Sqrt":
             return Value(view, first.mask, self.sqrt(first.poly), first.dtype)
         if op == "Reciprocal":
@@ -329,8 +387,8 @@ class _Evaluator:
             raise NotProven("reciprocal of a sum")
         (key, coef), = poly.items()
         if key[:3] != (0, 0, 0) or np.any(coef == 0):
-            raise NotProven("reciprocal of something other than a power of the std")
-        return {(0, 0, 0, -key[3]): 1.0 / coef}
+            raise NotProven("reciprocal of something other than a power of the std or group size")
+        return {(0, 0, 0, -key[3], -key[4]): 1.0 / coef}
 
     def sqrt(self, poly):
         """sqrt(var + eps) -> std. The variance may have been written as
@@ -367,32 +425,53 @@ class _Evaluator:
             return self.reciprocal(poly)
         raise NotProven(f"Pow exponent {e}")
 
+    def where_nonzero(self, node) -> Value:
+        """Where(Equal(count, 0), 0, v) -> v: the div_no_nan guard Keras puts
+        around a division by a group's element count, which is never 0 here."""
+        ctx = self.ctx
+        cond, _, picked = node.inputs
+        test = ctx.index.producer.get(cond)
+        value = ctx.values.get(picked)
+        if value is None or test is None or test.domain != "" or test.op_type != "Equal":
+            raise NotProven("Where other than a div_no_nan guard")
+        count = next((ctx.values[i] for i in test.inputs if i in ctx.values), None)
+        zero = next((const_value(ctx.index, i) for i in test.inputs if i not in ctx.values), None)
+        if count is None or zero is None or np.any(np.asarray(zero) != 0):
+            raise NotProven("Where other than a div_no_nan guard")
+        if set(count.poly) != {_K} or np.any(count.poly[_K] <= 0):
+            raise NotProven("Where guarding something other than a group size")
+        if const_value(ctx.index, node.inputs[1]) is None:
+            raise NotProven("Where with a non-constant fallback")
+        mask = tuple(a or b for a, b in zip(value.mask, count.mask))
+        return Value(value.view, mask, value.poly, value.dtype)
+
     def reduce_mean(self, node, value: Value) -> Value:
         ctx, view = self.ctx, value.view
         if view.within is None:
-            raise NotProven("ReduceMean outside a group view")
+            raise NotProven(f"{node.op_type} outside a group view")
         axes = node.attrs.get("axes")
         if len(node.inputs) > 1 and node.inputs[1]:
             axes = const_value(ctx.index, node.inputs[1])
         if axes is None or not node.attrs.get("keepdims", 1):
-            raise NotProven("ReduceMean over all axes or without keepdims")
+            raise NotProven(f"{node.op_type} over all axes or without keepdims")
         rank = len(view.roles)
         axes = frozenset(int(a) % rank for a in np.asarray(axes).ravel())
         if axes != view.within:
-            raise NotProven(f"ReduceMean over axes {sorted(axes)}, a group is {sorted(view.within)}")
+            raise NotProven(f"{node.op_type} over axes {sorted(axes)}, a group is {sorted(view.within)}")
         groups, per_group = ctx.groups, ctx.channels // ctx.groups
         out = {}
-        for (x, m, q, r), coef in value.poly.items():
+        counted = 1 if node.op_type == "ReduceSum" else 0
+        for (x, m, q, r, k), coef in value.poly.items():
             # The mean of a group treats the coefficient as a common factor:
             # only true if it is the same for every channel of the group.
             if np.any(coef.reshape(groups, per_group) != coef.reshape(groups, per_group)[:, :1]):
                 raise NotProven("per-channel factor inside a group mean")
             if x == 1:
-                key = (0, m + 1, q, r)
+                key = (0, m + 1, q, r, k + counted)
             elif x == 2:
-                key = (0, m, q + 1, r)
+                key = (0, m, q + 1, r, k + counted)
             elif x == 0:
-                key = (0, m, q, r)
+                key = (0, m, q, r, k + counted)
             else:
                 raise NotProven("mean of x^3")
             out[key] = out[key] + coef if key in out else coef
@@ -408,7 +487,7 @@ class _Evaluator:
             ctx.groups = ctx.channels
         elif view.within != frozenset(range(2, rank)) or view.roles[1] != _ROLE_G:
             raise NotProven("InstanceNormalization over something other than groups")
-        if set(value.poly) != {(1, 0, 0, 0)} or not np.all(value.poly[(1, 0, 0, 0)] == 1.0):
+        if set(value.poly) != {X} or not np.all(value.poly[X] == 1.0):
             raise NotProven("InstanceNormalization of a transformed x")
         scale = const_value(ctx.index, node.inputs[1])
         bias = const_value(ctx.index, node.inputs[2])
@@ -446,7 +525,7 @@ def find_match(index: GraphIndex, x: str, channels_last: bool) -> Optional[Match
         ctx = _Context(index, shapes, dtypes, x, channels_last)
     except NotProven:
         return None
-    ctx.values[x] = Value(ctx.x_view(), (True,) * ctx.rank, {(1, 0, 0, 0): np.ones(ctx.channels)}, None)
+    ctx.values[x] = Value(ctx.x_view(), (True,) * ctx.rank, {X: np.ones(ctx.channels)}, None)
     evaluator = _Evaluator(ctx)
     candidates = []
     consumers = index.consumers

@@ -15,7 +15,7 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 import onnx
 
-from .graph import Graph, Node, constant_value, node_to_proto
+from .graph import Graph, Node, constant_value, node_to_proto, outer_scope_reads
 
 # Initializers up to this many elements are handed to shape inference as
 # values (reshape targets, axes); larger ones only as typed inputs, so a
@@ -47,11 +47,23 @@ class GraphIndex:
             for name in node.inputs:
                 if name:
                     self.consumers.setdefault(name, []).append(node)
+            for name in _subgraph_reads(node) - set(node.inputs):
+                # If / Loop bodies reading a value from this scope consume it too
+                self.consumers.setdefault(name, []).append(node)
         self.graph_outputs = {v.name for v in graph.outputs}
         # Filled by the fusion driver: static shapes and element types (names
         # keep their meaning across rewrites, so these survive a rebuild).
         self.shapes: Dict[str, tuple] = {}
         self.dtypes: Dict[str, int] = {}
+
+
+def _subgraph_reads(node: Node) -> set:
+    reads = set()
+    for value in node.attrs.values():
+        for sub in value if isinstance(value, list) else [value]:
+            if isinstance(sub, Graph):
+                reads |= outer_scope_reads(sub)
+    return reads
 
 
 def is_float_cast(node: Node) -> bool:
@@ -108,8 +120,14 @@ def const_value(index: GraphIndex, name: str, _depth: int = 0) -> Optional[np.nd
             out_rank = data.ndim + len(axes)
             return np.expand_dims(data, tuple(sorted(a % out_rank for a in axes)))
         if op == "Reshape":
-            if len(inputs) < 2 or inputs[1] is None:
+            if len(inputs) < 2:
                 return None
+            if inputs[1] is None:
+                # e.g. Keras reshapes gamma to [1, 1, 1, G, C // G] computed from Shape(x)
+                entries = shape_entries(index, node.inputs[1], lambda t: _static_dims(index, t), _depth + 1)
+                if entries is None or not all(isinstance(e, int) for e in entries):
+                    return None
+                inputs[1] = np.array(entries, np.int64)
             target = [int(v) for v in np.asarray(inputs[1]).ravel()]
             if not attrs.get("allowzero", 0):
                 target = [data.shape[i] if v == 0 else v for i, v in enumerate(target)]
@@ -117,6 +135,13 @@ def const_value(index: GraphIndex, name: str, _depth: int = 0) -> Optional[np.nd
     except (ValueError, TypeError, KeyError, IndexError):
         return None
     return None
+
+
+def _static_dims(index: GraphIndex, name: str):
+    shape = index.shapes.get(name)
+    if shape is None:
+        return None
+    return [d if d is not None else Dim(name, i) for i, d in enumerate(shape)]
 
 
 # ----------------------------------------------------------------------------
@@ -215,6 +240,15 @@ def canonical_dim(index: GraphIndex, dim: Dim, _depth: int = 0) -> Dim:
             dim = Dim(node.inputs[0], dim.axis)
         elif op in _SAME_BATCH and dim.axis == 0 and node.outputs[0] == dim.tensor:
             dim = Dim(node.inputs[0], 0)
+        elif op == "ConstantOfShape":
+            # ConstantOfShape(Shape(t)) (ones_like / zeros_like) has t's dims
+            shape = index.producer.get(node.inputs[0])
+            if shape is None or shape.domain != "" or shape.op_type != "Shape":
+                return dim
+            start = shape.attrs.get("start", 0)
+            if start < 0 or "end" in shape.attrs:
+                return dim
+            dim = Dim(shape.inputs[0], start + dim.axis)
         else:
             return dim
     return dim

@@ -5,7 +5,8 @@ to run them). Each family comes from the real exporter:
 
     python tests/models/make_models.py torch      # torch 2.13: legacy exporter at opsets 14, 17;
                                                   # dynamo exporter at 18 and 21 (needs onnxscript)
-    python tests/models/make_models.py keras      # TensorFlow/Keras + tf2onnx (opset 17)
+    python tests/models/make_models.py keras      # tf2onnx from Keras 3 (tf.keras) and Keras 2
+                                                  # (tf_keras) GroupNormalization, opsets 17, 18
     python tests/models/make_models.py hf         # diffusers SD-VAE decoder and DDPM UNet,
                                                   # transformers wav2vec2 feature encoder
                                                   # (tiny random configs; legacy 17, dynamo 21)
@@ -15,7 +16,7 @@ to run them). Each family comes from the real exporter:
 TensorFlow and tf2onnx pin their own protobuf/numpy, so the keras family is
 best run from a separate virtual environment:
 
-    python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu tf2onnx
+    python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu tf2onnx tf-keras
     /tmp/tfenv/bin/python tests/models/make_models.py keras
 
 diffusers and transformers need no torch of their own: install them beside
@@ -175,12 +176,31 @@ def make_torch():
     import torch
 
     written = []
-    for name, (build, shape) in _torch_modules().items():
+    modules = _torch_modules()
+    for name, (build, shape) in modules.items():
         for exporter, opset in (("legacy", 14), ("legacy", 17), ("dynamo", 18), ("dynamo", 21)):
             torch.manual_seed(0)
             path = os.path.join(HERE, f"torch_{exporter}_{name}_opset{opset}.onnx")
             _export_torch(build(), (torch.randn(shape),), path, exporter, opset)
             written.append(path)
+    # Dynamic batch and spatial dims: reshape targets come from Shape(x).
+    for name in ("vae_decoder_block", "wav2vec2_conv1d_gn"):
+        build, shape = modules[name]
+        torch.manual_seed(0)
+        module = build()
+        axes = {0: "N", 2: "L"} if len(shape) == 3 else {0: "N", 2: "H", 3: "W"}
+        path = os.path.join(HERE, f"torch_legacy_dynamic_{name}_opset17.onnx")
+        torch.onnx.export(module, (torch.randn(shape),), path, opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": axes, "y": axes})
+        _tag(path, sum(isinstance(m, torch.nn.GroupNorm) for m in module.modules()))
+        written.append(path)
+    # float16 models: weights, the InstanceNorm and the GELU constants in half precision.
+    for name in ("conv_gn_silu", "wav2vec2_conv1d_gn"):
+        build, shape = modules[name]
+        torch.manual_seed(0)
+        path = os.path.join(HERE, f"torch_legacy_fp16_{name}_opset17.onnx")
+        _export_torch(build().half(), (torch.randn(shape).half(),), path, "legacy", 17)
+        written.append(path)
     return written
 
 
@@ -269,36 +289,47 @@ def make_keras():
     import tensorflow as tf
     import tf2onnx
 
-    def build(name):
-        tf.keras.utils.set_random_seed(0)
-        if name == "conv1d_gn":
-            inp = tf.keras.Input((40, 1))
-            h = tf.keras.layers.Conv1D(16, 5, strides=2)(inp)
-            h = tf.keras.layers.GroupNormalization(groups=16)(h)
-            out = tf.keras.activations.relu(h)  # tf2onnx cannot convert exact GELU (Erfc)
-            return tf.keras.Model(inp, out), (None, 40, 1)
-        groups = {"gn_silu": 4, "gn_g1": 1, "gn_g_equals_c": 8}[name]
-        inp = tf.keras.Input((6, 6, 3))
-        h = tf.keras.layers.Conv2D(8, 3, padding="same")(inp)
-        h = tf.keras.layers.GroupNormalization(groups=groups)(h)
-        out = tf.keras.activations.silu(h) if name == "gn_silu" else h * 2.0
-        return tf.keras.Model(inp, out), (None, 6, 6, 3)
+    try:  # Keras 2 (tf_keras): its GroupNormalization takes masked "weighted moments"
+        import tf_keras
+    except ImportError:
+        tf_keras = None
 
+    def build(keras, name):
+        keras.utils.set_random_seed(0)
+        if name == "conv1d_gn":
+            inp = keras.Input((40, 1))
+            h = keras.layers.Conv1D(16, 5, strides=2)(inp)
+            h = keras.layers.GroupNormalization(groups=16)(h)
+            out = keras.activations.relu(h)  # tf2onnx cannot convert exact GELU (Erfc)
+            return keras.Model(inp, out), (None, 40, 1)
+        groups = {"gn_silu": 4, "gn_g1": 1, "gn_g_equals_c": 8}[name]
+        inp = keras.Input((6, 6, 3))
+        h = keras.layers.Conv2D(8, 3, padding="same")(inp)
+        h = keras.layers.GroupNormalization(groups=groups)(h)
+        out = keras.activations.swish(h) if name == "gn_silu" else h * 2.0  # swish = SiLU
+        return keras.Model(inp, out), (None, 6, 6, 3)
+
+    cases = [(tf.keras, "keras3", name, 17) for name in ("gn_silu", "gn_g1", "gn_g_equals_c", "conv1d_gn")]
+    cases.append((tf.keras, "keras3", "gn_silu", 18))  # ReduceMean axes as an input
+    if tf_keras is not None:
+        cases += [(tf_keras, "keras2", name, 17) for name in ("gn_silu", "gn_g1", "conv1d_gn")]
+        cases.append((tf_keras, "keras2", "gn_silu", 18))
     written = []
     rng = np.random.default_rng(0)
-    for name in ("gn_silu", "gn_g1", "gn_g_equals_c", "conv1d_gn"):
-        model, shape = build(name)
+    for keras, flavour, name, opset in cases:
+        model, shape = build(keras, name)
+        count = 0
         for layer in model.layers:
-            if isinstance(layer, tf.keras.layers.GroupNormalization):
+            if isinstance(layer, keras.layers.GroupNormalization):
+                count += 1
                 gamma, beta = layer.get_weights()
                 layer.set_weights([1 + 0.5 * rng.standard_normal(gamma.shape).astype(np.float32),
                                    0.5 * rng.standard_normal(beta.shape).astype(np.float32)])
         spec = (tf.TensorSpec(shape, tf.float32, name="x"),)
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
-        path = os.path.join(HERE, f"tf2onnx_{name}_opset17.onnx")
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
         entry = proto.metadata_props.add()
-        entry.key = "gncpu.group_norms"
-        entry.value = str(sum(isinstance(layer, tf.keras.layers.GroupNormalization) for layer in model.layers))
+        entry.key, entry.value = "gncpu.group_norms", str(count)
+        path = os.path.join(HERE, f"tf2onnx_{flavour}_{name}_opset{opset}.onnx")
         with open(path, "wb") as f:
             f.write(proto.SerializeToString())
         written.append(path)

@@ -77,8 +77,8 @@ def group_normalization_18(x, scale, bias, *, num_groups=None, epsilon=1e-5):
                              f"(one value per group at opset 18-20), got shape {np.shape(value)}")
     # Opset 18 scales per group: each group's value covers its C/G channels.
     per_group = channels // groups
-    scale = np.repeat(np.asarray(scale, dtype=np.float32), per_group)
-    bias = np.repeat(np.asarray(bias, dtype=np.float32), per_group)
+    scale = np.repeat(np.asarray(scale), per_group)
+    bias = np.repeat(np.asarray(bias), per_group)
     return _run(x, groups, scale, bias, epsilon)
 
 
