@@ -85,6 +85,13 @@ def test_truncated_model_raises_clear_error():
             InferenceSession(data[:cut])
 
 
+def test_onnxruntime_style_providers():
+    model = _conv_relu_model()
+    InferenceSession(model, providers=["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="CPU only"):
+        InferenceSession(model, providers=["CUDAExecutionProvider"])
+
+
 def test_missing_file_and_wrong_type():
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         InferenceSession("/nonexistent/nope.onnx")

@@ -104,10 +104,17 @@ class InferenceSession:
     fuse: rewrite GroupNorm patterns into native nodes (default True).
     allow_fallback: run ops without a native implementation through
         onnx.reference (default True); False makes such models fail to load.
+    providers: accepted for code written against onnxruntime; gncpu runs on
+        the CPU, so the list must name "CPUExecutionProvider".
     """
 
     def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True,
-                 allow_fallback: bool = True):
+                 allow_fallback: bool = True, providers: Optional[Sequence] = None):
+        if providers is not None:
+            names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
+            if "CPUExecutionProvider" not in names:
+                raise ValueError(f"providers={list(names)}: gncpu.onnx runs on the CPU only; "
+                                 f"pass providers=['CPUExecutionProvider'] or omit providers")
         if num_threads is not None:
             from .._config import _count
             num_threads = _count(num_threads, "num_threads")
