@@ -5,7 +5,8 @@
 Each case is a one-node ONNX model with its weights as initializers, run by
 gncpu.onnx.InferenceSession(num_threads=2) and by onnxruntime (2 intra-op
 threads). Runs are interleaved (gncpu, ort, gncpu, ...) so machine noise hits
-both; the median of each is printed with GFLOP/s and the ratio gncpu / ort
+both, with a 20 ms pause before each (spinning pool threads of the previous
+run would otherwise take the next one's cores); the median of each is printed with GFLOP/s and the ratio gncpu / ort
 (lower is better; 1.0 = as fast as onnxruntime). The BLAS library NumPy
 loaded, and its kernel, are printed first (see design.md on OPENBLAS_*).
 
@@ -73,12 +74,18 @@ def _model(op, shapes, attrs):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
 
 
+# Idle time between timed runs: onnxruntime's pool threads (and OpenMP's) spin for a while
+# after a run; without a pause they steal the cores of whichever runs next in this process.
+PAUSE = 0.02
+
+
 def _median_interleaved(fns, reps, clock=time.perf_counter, pick=statistics.median):
     times = [[] for _ in fns]
     for fn in fns:
         fn()  # warm up: allocations, BLAS thread start, first-touch pages
     for _ in range(reps):
         for slot, fn in enumerate(fns):
+            time.sleep(PAUSE)
             start = clock()
             fn()
             times[slot].append(clock() - start)
