@@ -99,8 +99,10 @@ class InferenceSession:
     """Load an ONNX model once, run it many times.
 
     model: path, serialized bytes or onnx.ModelProto.
-    num_threads: threads for gncpu kernels and BLAS during run() (None: library
-        defaults; BLAS is limited through threadpoolctl when it is installed).
+    num_threads: threads a run uses (None: gncpu.get_num_threads()). Convs and
+        matmuls split their blocks over that many threads while BLAS is held to
+        one thread per call (through threadpoolctl; without it BLAS threads
+        itself); GroupNorm kernels get it as their num_threads.
     fuse: rewrite GroupNorm patterns into native nodes (default True).
     allow_fallback: run ops without a native implementation through
         onnx.reference (default True); False makes such models fail to load.
@@ -221,6 +223,7 @@ class InferenceSession:
             "producer": f"{self._meta['producer_name']} {self._meta['producer_version']}".strip(),
             "opsets": dict(self._graph.opsets),
             "nodes_in_file": self._nodes_in_file,
+            "op_types_in_file": {(f"{d}::{op}" if d else op): n for (d, op), n in self._op_types_in_file.items()},
             "nodes_folded": self._folded,
             "nodes_removed_dead": self._dead_removed,
             "nodes_run": len(steps),
