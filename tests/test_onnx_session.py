@@ -266,7 +266,9 @@ def test_unimplemented_op_falls_back_with_one_warning():
 
 
 def test_if_and_loop_with_outer_scope_reads():
-    then_graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["t"])], "then", [], [_vi("t", [3])])
+    # The then-branch has its own initializer; both read "x" from the enclosing graph.
+    then_graph = helper.make_graph([helper.make_node("Add", ["x", "two"], ["t"])], "then", [], [_vi("t", [3])],
+                                   [numpy_helper.from_array(np.float32([2, 2, 2]), "two")])
     else_graph = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [], [_vi("e", [3])])
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
