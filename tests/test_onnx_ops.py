@@ -326,3 +326,15 @@ def test_erf_without_scipy_is_exact(monkeypatch):
     expected = np.array([math.erf(v) for v in x])
     np.testing.assert_allclose(elementwise.erf_array(x), expected, rtol=1e-14, atol=1e-300)
     assert elementwise.erf_array(np.float32([0.5])).dtype == np.float32
+
+
+@pytest.mark.parametrize("case_id", ["Conv_winograd_odd", "Conv_winograd_asym_pads", "Conv_threaded_strided",
+                                     "Conv2d_g2_4to6_s1p2d2", "Conv1d_w2v_strided_grouped"])
+def test_conv_blocking_for_memory_matches_reference(case_id, monkeypatch):
+    # Big convs are computed in bands / column blocks bounded in bytes; shrink the bounds so
+    # these small cases take many blocks, and check the seams.
+    from gncpu.onnx.ops import conv, winograd
+
+    monkeypatch.setattr(winograd, "_BAND_BYTES", 1 << 15)
+    monkeypatch.setattr(conv, "_MAX_BLOCK_BYTES", 1 << 12)
+    _check(next(c for c in CASES if c.id == case_id), True)

@@ -121,13 +121,21 @@ _MIN_BLOCK_COLUMNS = 256
 _MIN_MACS_PER_THREAD = 1 << 21
 
 
-def _column_blocks(columns, rows_times_depth):
+# Column-matrix bytes per block: a 128-channel 3x3 conv at 512x512 would otherwise
+# build a 1.2 GiB matrix in one piece.
+_MAX_BLOCK_BYTES = 32 << 20
+
+
+def _column_blocks(columns, rows_times_depth, depth, itemsize):
+    """Column ranges for the products and the thread count to run them on."""
     threads = split_count(columns * rows_times_depth, _MIN_MACS_PER_THREAD)
+    by_memory = -(-(depth * columns * itemsize) // _MAX_BLOCK_BYTES)
     if threads <= 1:
-        return [(0, columns)], 1
-    # Every block re-packs the whole weight matrix: big weights get one block per thread.
-    per_thread = 1 if rows_times_depth >= (1 << 20) else _BLOCKS_PER_THREAD
-    parts = min(threads * per_thread, max(columns // _MIN_BLOCK_COLUMNS, 1))
+        parts = by_memory
+    else:
+        # Every block re-packs the whole weight matrix: big weights get one block per thread.
+        per_thread = 1 if rows_times_depth >= (1 << 20) else _BLOCKS_PER_THREAD
+        parts = max(by_memory, min(threads * per_thread, max(columns // _MIN_BLOCK_COLUMNS, 1)))
     return chunks(columns, parts, align=16), threads
 
 
@@ -169,7 +177,7 @@ def _conv_windows(xp, weight, bias, group, kernel, strides, dilations, out_dims,
     pointwise = k_count == 1 and taps[0][1] == 0 and span == flat.shape[2]
     cg, mg = c // group, m // group
     result = y.reshape(m, -1) if pointwise else np.empty((m, span), dtype=y.dtype)
-    blocks, threads = _column_blocks(span, m * cg * k_count)
+    blocks, threads = _column_blocks(span, m * cg * k_count, 0 if pointwise else cg * k_count, y.itemsize)
     w_groups = [weight[g * mg:(g + 1) * mg].reshape(mg, cg * k_count) for g in range(group)]
 
     def block_task(g, start, stop):

@@ -116,8 +116,14 @@ def _output_transform(m, tiles_h, tiles_w, bias, y_full, m0, m1):
         grid[:, :, dy, :, dx] = result.reshape(m1 - m0, tiles_h, tiles_w)
 
 
+# Transform buffers (V and the 16 products) per band of tile rows: bounded so that a
+# 256-channel conv at 256x256 does not allocate half a GiB at once.
+_BAND_BYTES = 64 << 20
+
+
 def conv3x3_winograd(xp, w, bias, out_dims, y):
-    """One sample: xp (C, Hp, Wp) zero-padded input, y (M, OH, OW) output."""
+    """One sample: xp (C, Hp, Wp) zero-padded input, y (M, OH, OW) output.
+    Works in bands of tile rows whose transform buffers fit _BAND_BYTES."""
     c = xp.shape[0]
     m = w.shape[0]
     oh, ow = out_dims
@@ -129,21 +135,28 @@ def conv3x3_winograd(xp, w, bias, out_dims, y):
         grown = np.zeros((c, max(need_h, xp.shape[1]), max(need_w, xp.shape[2])), dtype=xp.dtype)
         grown[:, :xp.shape[1], :xp.shape[2]] = xp
         xp = grown
-    tiles = tiles_h * tiles_w
     u = filter_transform(w, xp.dtype)
-    v = np.empty((16, c, tiles), dtype=xp.dtype)
-    products = np.empty((16, m, tiles), dtype=xp.dtype)
     even = oh == 2 * tiles_h and ow == 2 * tiles_w
     y_full = y if even else np.empty((m, 2 * tiles_h, 2 * tiles_w), dtype=xp.dtype)
-    threads = split_count(16 * m * c * tiles, 1 << 21)
-    # Channel blocks whose transform intermediates (~16 planes of `tiles` floats) stay in L2,
-    # but at least 8 channels: each block costs ~20 NumPy calls of fixed overhead.
-    block = max(8, min(c, (512 << 10) // (16 * tiles * xp.itemsize)))
-    run_tasks([lambda c0=c0: _input_transform(xp, tiles_h, tiles_w, v, c0, min(c0 + block, c))
-               for c0 in range(0, c, block)], threads)
-    run_tasks([lambda k=k: np.matmul(u[k], v[k], out=products[k]) for k in range(16)], threads)
-    block = max(8, min(m, (512 << 10) // (16 * tiles * xp.itemsize)))
-    run_tasks([lambda m0=m0: _output_transform(products, tiles_h, tiles_w, bias, y_full, m0, min(m0 + block, m))
-               for m0 in range(0, m, block)], threads)
+    band_rows = max(1, min(tiles_h, _BAND_BYTES // (16 * (c + m) * tiles_w * xp.itemsize)))
+    v_buffer = np.empty(16 * c * band_rows * tiles_w, dtype=xp.dtype)
+    products_buffer = np.empty(16 * m * band_rows * tiles_w, dtype=xp.dtype)
+    for r0 in range(0, tiles_h, band_rows):
+        rows = min(band_rows, tiles_h - r0)
+        tiles = rows * tiles_w
+        v = v_buffer[:16 * c * tiles].reshape(16, c, tiles)
+        products = products_buffer[:16 * m * tiles].reshape(16, m, tiles)
+        band_in = xp[:, 2 * r0:2 * (r0 + rows) + 2]
+        band_out = y_full[:, 2 * r0:2 * (r0 + rows)]
+        threads = split_count(16 * m * c * tiles, 1 << 21)
+        # Channel blocks whose transform intermediates (~16 planes of `tiles` floats) stay in L2,
+        # but at least 8 channels: each block costs ~20 NumPy calls of fixed overhead.
+        block = max(8, min(c, (512 << 10) // (16 * tiles * xp.itemsize)))
+        run_tasks([lambda c0=c0: _input_transform(band_in, rows, tiles_w, v, c0, min(c0 + block, c))
+                   for c0 in range(0, c, block)], threads)
+        run_tasks([lambda k=k: np.matmul(u[k], v[k], out=products[k]) for k in range(16)], threads)
+        block = max(8, min(m, (512 << 10) // (16 * tiles * xp.itemsize)))
+        run_tasks([lambda m0=m0: _output_transform(products, rows, tiles_w, bias, band_out, m0, min(m0 + block, m))
+                   for m0 in range(0, m, block)], threads)
     if not even:
         y[...] = y_full[:, :oh, :ow]
