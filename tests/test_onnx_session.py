@@ -220,6 +220,20 @@ def test_constants_fold_and_intermediates_are_freed():
     np.testing.assert_allclose(env["y"], -np.maximum(x * np.array([1, -2, 3], np.float32), 0))
 
 
+def test_constant_subgraph_of_fallback_ops_folds_without_warning():
+    # Einsum has no native implementation; on constant inputs it is evaluated once at load.
+    a = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "a")
+    nodes = [helper.make_node("Einsum", ["a", "a"], ["gram"], equation="ij,kj->ik"),
+             helper.make_node("MatMul", ["x", "gram"], ["y"])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        session = InferenceSession(_model(nodes, [_vi("x", [1, 2])], [_vi("y", [1, 2])], [a]), allow_fallback=False)
+    assert session.stats()["nodes_folded"] == 1
+    x = np.float32([[1, -1]])
+    gram = np.arange(6, dtype=np.float32).reshape(2, 3) @ np.arange(6, dtype=np.float32).reshape(2, 3).T
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ gram)
+
+
 def test_shape_of_static_input_folds_to_a_constant():
     nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
     session = InferenceSession(_model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 3])]))

@@ -311,10 +311,12 @@ def _try_fold(node: Node, known: Dict[str, np.ndarray], graph: Graph, static_sha
     if any(isinstance(known[name], np.ndarray) and known[name].nbytes > (64 << 20) for name in node.inputs if name):
         return None
     entry = registry.lookup_entry(node.op_type, node.domain, graph.opsets.get(node.domain, 0))
-    if not native_covers(entry, node):
+    # Ops without a native implementation fold through onnx.reference: slow, but once, at
+    # load (e.g. BiT's weight standardization, a training-mode BatchNormalization on weights).
+    kernel = _native_kernel(node, entry) if native_covers(entry, node) else _reference_kernel(node, graph.opsets)
+    if kernel is None:
         return None
     try:
-        kernel = _native_kernel(node, entry)
         args = [known[name] if name else None for name in node.inputs]
         results = kernel.run(args, {})
     except Exception:
