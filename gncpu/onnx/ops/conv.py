@@ -113,9 +113,10 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     return y.astype(x.dtype, copy=False)
 
 
-# Column blocks per thread: a few, so that a thread descheduled by the OS holds up
-# only a small share; each block stays wide enough (>= 256 columns) for BLAS.
-_BLOCKS_PER_THREAD = 2
+# Column blocks per thread. More would balance better when the OS deschedules a
+# thread, but each block is ~10 NumPy calls whose GIL hand-offs between threads
+# cost more than the imbalance they would save.
+_BLOCKS_PER_THREAD = 1
 _MIN_BLOCK_COLUMNS = 256
 # Below ~2M multiply-adds per thread (~0.1 ms) handing work to a thread costs more than it saves.
 _MIN_MACS_PER_THREAD = 1 << 21
@@ -133,9 +134,7 @@ def _column_blocks(columns, rows_times_depth, depth, itemsize):
     if threads <= 1:
         parts = by_memory
     else:
-        # Every block re-packs the whole weight matrix: big weights get one block per thread.
-        per_thread = 1 if rows_times_depth >= (1 << 20) else _BLOCKS_PER_THREAD
-        parts = max(by_memory, min(threads * per_thread, max(columns // _MIN_BLOCK_COLUMNS, 1)))
+        parts = max(by_memory, min(threads * _BLOCKS_PER_THREAD, max(columns // _MIN_BLOCK_COLUMNS, 1)))
     return chunks(columns, parts, align=16), threads
 
 

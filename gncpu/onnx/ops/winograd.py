@@ -119,6 +119,7 @@ def _output_transform(m, tiles_h, tiles_w, bias, y_full, m0, m1):
 # Transform buffers (V and the 16 products) per band of tile rows: bounded so that a
 # 256-channel conv at 256x256 does not allocate half a GiB at once.
 _BAND_BYTES = 64 << 20
+_BLOCK_ELEMENTS = 1 << 17
 
 
 def conv3x3_winograd(xp, w, bias, out_dims, y):
@@ -149,13 +150,13 @@ def conv3x3_winograd(xp, w, bias, out_dims, y):
         band_in = xp[:, 2 * r0:2 * (r0 + rows) + 2]
         band_out = y_full[:, 2 * r0:2 * (r0 + rows)]
         threads = split_count(16 * m * c * tiles, 1 << 21)
-        # Channel blocks whose transform intermediates (~16 planes of `tiles` floats) stay in L2,
-        # but at least 8 channels: each block costs ~20 NumPy calls of fixed overhead.
-        block = max(8, min(c, (512 << 10) // (16 * tiles * xp.itemsize)))
+        # Channel blocks of ~128K elements per plane: smaller blocks pay NumPy's per-call
+        # overhead (and, threaded, a GIL hand-off) too often; larger ones fall out of cache.
+        block = max(1, min(c, _BLOCK_ELEMENTS // tiles))
         run_tasks([lambda c0=c0: _input_transform(band_in, rows, tiles_w, v, c0, min(c0 + block, c))
                    for c0 in range(0, c, block)], threads)
         run_tasks([lambda k=k: np.matmul(u[k], v[k], out=products[k]) for k in range(16)], threads)
-        block = max(8, min(m, (512 << 10) // (16 * tiles * xp.itemsize)))
+        block = max(1, min(m, _BLOCK_ELEMENTS // tiles))
         run_tasks([lambda m0=m0: _output_transform(products, rows, tiles_w, bias, band_out, m0, min(m0 + block, m))
                    for m0 in range(0, m, block)], threads)
     if not even:
