@@ -92,6 +92,34 @@ def test_onnxruntime_style_providers():
         InferenceSession(model, providers=["CUDAExecutionProvider"])
 
 
+def test_corrupted_model_bytes_never_crash():
+    # Random byte flips in a real exported model: loading either succeeds or raises
+    # InvalidModelError; running what loaded either works or raises a node-named error.
+    from gncpu.onnx import NodeExecutionError
+    from gncpu.onnx.cli import _random_input
+
+    data = open(os.path.join(MODELS, "torch_legacy_conv_gn_silu_opset17.onnx"), "rb").read()
+    rng = np.random.default_rng(3)
+    loaded = 0
+    for _ in range(300):
+        corrupted = bytearray(data)
+        for _ in range(rng.integers(1, 4)):
+            corrupted[rng.integers(len(corrupted))] = rng.integers(256)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                session = InferenceSession(bytes(corrupted))
+            except InvalidModelError:
+                continue
+            loaded += 1
+            feed = {arg.name: _random_input(arg, {}, rng) for arg in session.get_inputs()}
+            try:
+                session.run(None, feed)
+            except (ValueError, NodeExecutionError):
+                pass
+    assert 0 < loaded < 300
+
+
 def test_missing_file_and_wrong_type():
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         InferenceSession("/nonexistent/nope.onnx")
