@@ -64,7 +64,7 @@ class Graph:
 
     def consumers(self, name: str) -> List[Node]:
         """Nodes reading `name`, including reads from inside their subgraphs."""
-        return [node for node in self.nodes if name in node.inputs or name in _subgraph_reads(node)]
+        return [node for node in self.nodes if name in node.inputs or name in subgraph_reads(node)]
 
     def is_graph_output(self, name: str) -> bool:
         return any(v.name == name for v in self.outputs)
@@ -73,7 +73,7 @@ class Graph:
         return self.opsets.get(normalize_domain(domain), 0)
 
 
-def _subgraph_reads(node: Node) -> set:
+def subgraph_reads(node: Node) -> set:
     """Names a node's GRAPH attributes take from the enclosing scope."""
     reads = set()
     for value in node.attrs.values():
@@ -90,7 +90,7 @@ def outer_scope_reads(graph: Graph) -> set:
     reads = set()
     for node in graph.nodes:
         reads |= {name for name in node.inputs if name not in defined}
-        reads |= {name for name in _subgraph_reads(node) if name not in defined}
+        reads |= {name for name in subgraph_reads(node) if name not in defined}
         defined |= set(node.outputs)
     return reads
 
@@ -229,7 +229,7 @@ def model_from_graph(graph: Graph) -> onnx.ModelProto:
 # ----------------------------------------------------------------------------
 # constants
 
-def _constant_node_value(node: Node) -> Optional[np.ndarray]:
+def constant_node_value(node: Node) -> Optional[np.ndarray]:
     attrs = node.attrs
     if "value" in attrs:
         return np.asarray(attrs["value"])
@@ -262,7 +262,7 @@ def constant_value(graph: Graph, name: str) -> Optional[np.ndarray]:
         if node is None or node.domain != "":
             return None
         if node.op_type == "Constant":
-            return _constant_node_value(node)
+            return constant_node_value(node)
         if node.op_type == "Identity":
             name = node.inputs[0]
             continue

@@ -7,6 +7,7 @@ reader it is, so intermediates are dropped as soon as nothing needs them.
 """
 from __future__ import annotations
 
+import heapq
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import registry
 from .errors import InvalidModelError, NodeExecutionError
-from .graph import Graph, Node, _subgraph_reads, node_to_proto
+from .graph import Graph, Node, node_to_proto, subgraph_reads
 
 # Ops whose output differs between runs with equal inputs: never fold them.
 NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
@@ -27,7 +28,7 @@ GROUP_NORM_FAMILY = {("", "GroupNormalization"), ("com.microsoft", "GroupNorm"),
 
 
 def node_reads(node: Node) -> List[str]:
-    return [name for name in node.inputs if name] + sorted(_subgraph_reads(node))
+    return [name for name in node.inputs if name] + sorted(subgraph_reads(node))
 
 
 def topological_order(graph: Graph, outer: Set[str] = frozenset()) -> List[Node]:
@@ -57,7 +58,6 @@ def topological_order(graph: Graph, outer: Set[str] = frozenset()) -> List[Node]
             raise InvalidModelError(f"graph output {out.name!r} is not produced by any node, initializer or input")
 
     # Kahn's algorithm, stable: among ready nodes the earliest in file order runs first.
-    import heapq
     waiting = []
     dependents: Dict[int, List[int]] = {i: [] for i in range(len(graph.nodes))}
     for index, node in enumerate(graph.nodes):
@@ -296,7 +296,7 @@ def fold_constants(graph: Graph, static_shapes: Optional[Dict[str, tuple]] = Non
 
 
 def _try_fold(node: Node, known: Dict[str, np.ndarray], graph: Graph, static_shapes):
-    if node.op_type in NONDETERMINISTIC or node.op_type in CONTROL_FLOW or _subgraph_reads(node):
+    if node.op_type in NONDETERMINISTIC or node.op_type in CONTROL_FLOW or subgraph_reads(node):
         return None
     if node.domain == "" and node.op_type == "Shape" and node.inputs[0] in static_shapes:
         shape = np.array(static_shapes[node.inputs[0]], dtype=np.int64)

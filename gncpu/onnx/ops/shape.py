@@ -5,7 +5,7 @@ view they do (ops never write into their inputs, so views are safe).
 """
 import numpy as np
 
-from ..graph import _constant_node_value, Node
+from ..graph import Node, constant_node_value
 from ..registry import register
 
 
@@ -27,7 +27,7 @@ def _axis(axis, rank, what="axis"):
 @register("Constant", 19)
 @register("Constant", 21)
 def constant(**attrs):
-    value = _constant_node_value(Node("Constant", [], [], attrs))
+    value = constant_node_value(Node("Constant", [], [], attrs))
     if value is None:
         raise ValueError(f"Constant needs one value attribute, got {sorted(attrs)}")
     return value
