@@ -338,3 +338,29 @@ def test_conv_blocking_for_memory_matches_reference(case_id, monkeypatch):
     monkeypatch.setattr(winograd, "_BAND_BYTES", 1 << 15)
     monkeypatch.setattr(conv, "_MAX_BLOCK_BYTES", 1 << 12)
     _check(next(c for c in CASES if c.id == case_id), True)
+
+
+def test_weights_fed_as_inputs_are_never_cached_stale():
+    # Derived weights (float32 copies, Winograd transforms) are cached only for the session's
+    # read-only constants: a caller's array changed in place between runs must be re-read.
+    x, w = f32(1, 128, 8, 8), f32(128, 128, 3, 3)
+    model, feed = _model(Case("Conv", [x, w], {"pads": [1, 1, 1, 1]}), False, np.float16)
+    session = InferenceSession(model, allow_fallback=False)
+    reference = ReferenceEvaluator(model)
+    for scale in (1.0, -0.5):
+        feed["in1"] *= np.float16(scale)
+        np.testing.assert_allclose(session.run(None, feed)[0].astype(np.float32),
+                                   reference.run(None, feed)[0].astype(np.float32), rtol=2e-2, atol=2e-2)
+
+
+def test_constant_weight_derivations_are_computed_once():
+    from gncpu.onnx.ops import derived
+
+    model, feed = _model(Case("Conv", [f32(1, 128, 8, 8), f32(128, 128, 3, 3)], {"pads": [1, 1, 1, 1]}), True,
+                         np.float16)
+    session = InferenceSession(model, allow_fallback=False)
+    first = session.run(None, feed)[0]
+    cached = len(derived._cache)
+    assert cached >= 2  # the float32 copy of the weights and its Winograd transform
+    np.testing.assert_array_equal(session.run(None, feed)[0], first)
+    assert len(derived._cache) == cached

@@ -147,6 +147,10 @@ class InferenceSession:
             self._fusion_report = dict(fusion.fuse_graph(graph) or {})
         self._dead_removed = remove_dead_nodes(graph)
         self._initializers_pruned = prune_initializers(graph)
+        for value in graph.initializers.values():
+            if isinstance(value, np.ndarray):
+                # Constants: ops never write them, and read-only marks them safe to cache derived values of.
+                value.flags.writeable = False
         self._graph = graph
         self._plan = Plan(graph)
         if any(s.kernel.label in ("Erf", "Gelu") and s.kernel.kind == "native" for s in self._plan.steps):

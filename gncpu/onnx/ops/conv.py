@@ -18,6 +18,7 @@ import threading
 import numpy as np
 
 from ..registry import register
+from .derived import as_dtype
 from .parallel import chunks, run_tasks, split_count
 from .winograd import conv3x3_winograd, winograd_applies
 
@@ -93,8 +94,8 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if any(o <= 0 for o in out_dims):
         raise ValueError(f"Conv: output spatial size {out_dims} is empty for input {x.shape}, kernel {kernel}")
     dtype = _compute_dtype(x.dtype)
-    weight = w.astype(dtype, copy=False)
-    bias = None if b is None else b.astype(dtype, copy=False)
+    weight = as_dtype(w, dtype)
+    bias = as_dtype(b, dtype)
     xp = _padded(x, begins, ends, dtype)
 
     if group == c and group == m and group > 1:

@@ -18,16 +18,12 @@ Transforms (Lavin & Gray, 2015):
     G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
 """
-import weakref
-
 import numpy as np
 
+from .derived import derived
 from .parallel import run_tasks, split_count
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-
-# Filter transforms of constant weights, computed once: id(weight) -> (weakref, U).
-_filter_cache = {}
 
 
 def winograd_applies(x, w, group, strides, dilations, out_dims):
@@ -45,18 +41,13 @@ def winograd_applies(x, w, group, strides, dilations, out_dims):
 
 
 def filter_transform(w, dtype):
-    """U (16, M, C): G g G^T for every (output, input) channel pair, in float64 then cast."""
-    key = id(w)
-    cached = _filter_cache.get(key)
-    if cached is not None and cached[0]() is w and cached[1].dtype == dtype:
-        return cached[1]
-    u = np.einsum("ai,mcij,bj->abmc", _G, w.astype(np.float64), _G, optimize=True)
-    u = np.ascontiguousarray(u.reshape(16, w.shape[0], w.shape[1]).astype(dtype))
-    try:
-        _filter_cache[key] = (weakref.ref(w, lambda _, key=key: _filter_cache.pop(key, None)), u)
-    except TypeError:  # not weak-referenceable: recompute next time
-        pass
-    return u
+    """U (16, M, C): G g G^T for every (output, input) channel pair, in float64
+    then cast; computed once per constant weight (see derived.py)."""
+    def compute(weights):
+        u = np.einsum("ai,mcij,bj->abmc", _G, weights.astype(np.float64), _G, optimize=True)
+        return np.ascontiguousarray(u.reshape(16, weights.shape[0], weights.shape[1]).astype(dtype))
+
+    return derived(w, ("winograd_f2x3", np.dtype(dtype).str), compute)
 
 
 def _input_transform(xp, tiles_h, tiles_w, v, c0, c1):
