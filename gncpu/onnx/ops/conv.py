@@ -296,7 +296,7 @@ def parallel_matmul(a, b):
 @register("MatMul", 13)
 def matmul(a, b):
     dtype = _compute_dtype(a.dtype)
-    return parallel_matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False)).astype(a.dtype, copy=False)
+    return parallel_matmul(as_dtype(a, dtype), as_dtype(b, dtype)).astype(a.dtype, copy=False)
 
 
 @register("Gemm", 7)
@@ -305,13 +305,13 @@ def matmul(a, b):
 @register("Gemm", 13)
 def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
     dtype = np.dtype(_compute_dtype(a.dtype))
-    a_ = (a.T if transA else a).astype(dtype, copy=False)
-    b_ = (b.T if transB else b).astype(dtype, copy=False)
+    a_ = as_dtype(a, dtype).T if transA else as_dtype(a, dtype)
+    b_ = as_dtype(b, dtype).T if transB else as_dtype(b, dtype)
     y = parallel_matmul(a_, b_)
     if alpha != 1.0:
         y *= dtype.type(alpha)
     if c is not None and beta != 0.0:
-        c_ = c.astype(dtype, copy=False)
+        c_ = as_dtype(c, dtype)
         y += c_ * dtype.type(beta) if beta != 1.0 else c_
     return y.astype(a.dtype, copy=False)
 
