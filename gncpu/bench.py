@@ -1,0 +1,529 @@
+"""`python -m gncpu bench`: time gncpu.group_norm against the copy floor,
+NumPy and (when installed) torch, onnxruntime and OpenVINO, interleaved in
+one run, and print a markdown report with ratios measured in that run.
+
+    python -m gncpu bench --quick            # ~20 s smoke run
+    python -m gncpu bench --threads 1 2 --plot
+
+Writes <out>/group_norm.md, .json (and .png with --plot). See bench/README.md.
+"""
+import argparse
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ._bench_contenders import CONTENDERS, Case, Skipped, as_numpy, make_workload
+from ._bench_report import (BLAS_VARIABLES, environment, fmt_error, fmt_ratio, fmt_time, geomean,
+                            markdown_table, plot_ratios, write_json)
+from ._bench_timing import Failure, ForeignLoad, measure, slot_count
+
+__all__ = ["add_bench_command", "main", "run_suite", "Settings", "group_norm_report",
+           "DEFAULT_SHAPES", "QUICK_SHAPES", "parse_cases"]
+
+# Stable Diffusion UNet GroupNorms whose input fits the last-level cache: the
+# floor-ratio target is a geometric mean over exactly these.
+SD_SHAPES = ("1x320x64x64/32", "1x640x32x32/32", "1x1280x16x16/32", "1x512x64x64/32")
+DEFAULT_SHAPES = SD_SHAPES + (
+    "1x128x512x512/32",   # SD VAE decoder: each group (4 MiB) far larger than L2
+    "8x256x56x56/32",
+    "2x64x128x128/32",
+    "1x256x200x304/32",   # detection backbone (FPN) sizes
+    "32x64x32x32/32",     # many small groups
+    "1x32x64x64/1",       # one group: LayerNorm over C x HW, must split the group
+    "4x64x64x64/64",      # InstanceNorm-like (one channel per group)
+    "16x512x7x7/32",      # tiny spatial, many samples
+    "1x32x8x8/8",         # call overhead
+)
+QUICK_SHAPES = SD_SHAPES + ("1x32x64x64/1", "16x512x7x7/32", "1x32x8x8/8")
+LARGE_BYTES = 16 << 20    # inputs at least this large count as "large" in the scaling target
+TINY_SHAPE = "1x32x8x8/8"
+BIG_GROUP_SHAPE = "1x128x512x512/32"
+ONE_GROUP_SHAPE = "1x32x64x64/1"
+
+
+@dataclass
+class Settings:
+    """How hard to measure (see _bench_timing.measure) and what to feed."""
+    warmup_rounds: int = 3
+    min_rounds: int = 15
+    max_rounds: int = 10_000
+    budget: float = 2.0          # seconds of timed rounds per (shape, threads)
+    sample_time: float = 1e-3    # seconds per sample (calls are batched up to this)
+    settle: float = 0.0          # seconds of sleep after each sample
+    rotate_bytes: int = 64 << 20  # bytes (inputs + outputs) one pass over the slots touches
+    max_slots: int = 1024
+    offset: float = 0.0          # inputs are offset + N(0, 1)
+    seed: int = 0
+    check: bool = True           # compare every output with the float64 oracle
+
+
+def parse_cases(texts):
+    """Shape strings (each may hold several, comma-separated) -> [Case]."""
+    cases = []
+    for text in texts:
+        cases += [Case.parse(part) for part in text.split(",") if part.strip()]
+    if not cases:
+        raise ValueError("no shapes given: expected e.g. 1x320x64x64/32")
+    return cases
+
+
+def _max_error(result, expected):
+    """(max |result - expected| where expected is finite (nan if the result
+    is not finite there), count of such non-finite results)."""
+    got = as_numpy(result).astype(np.float64, copy=False)
+    if got.shape != expected.shape:
+        raise ValueError(f"output shape {got.shape} != expected {expected.shape}")
+    finite = np.isfinite(expected)
+    bad = int(np.count_nonzero(~np.isfinite(got) & finite))
+    if bad:
+        return math.nan, bad
+    diff = np.abs(got - expected)[finite]
+    return (float(diff.max()) if diff.size else 0.0), 0
+
+
+def _oracle(work, computes):
+    from . import reference
+
+    kwargs = {"activation": "silu"} if computes == "group_norm+silu" else {}
+    if computes not in ("group_norm", "group_norm+silu"):
+        raise ValueError(f"unknown computes={computes!r}")
+    return reference.group_norm(work.inputs[0], work.case.groups, work.weight, work.bias,
+                                work.eps, **kwargs)
+
+
+def _stats_entry(stats):
+    if isinstance(stats, Failure):
+        return {"status": "failed", "reason": stats.error}
+    return {"status": "ok", "median_us": stats.median * 1e6, "q1_us": stats.q1 * 1e6,
+            "q3_us": stats.q3 * 1e6, "min_us": stats.minimum * 1e6, "spread": stats.spread,
+            "samples": stats.samples, "inner": stats.inner}
+
+
+def run_suite(cases, contenders, threads_list, settings, *, oracle=_oracle, log=None):
+    """Measure every contender on every case at every thread count.
+
+    Case-major: one set of input slots and one oracle result per case, then
+    the thread counts back to back (so the 2-vs-1-thread ratio is measured
+    minutes apart at most). Returns a list of plain-dict runs (JSON-ready).
+    """
+    log = log or (lambda message: None)
+    runs = []
+    total = len(cases) * len(threads_list)
+    for case in cases:
+        slots = slot_count(2 * case.nbytes, settings.rotate_bytes, settings.max_slots)
+        work = make_workload(case, slots, offset=settings.offset, seed=settings.seed)
+        expected = {}
+        for threads in threads_list:
+            started = time.perf_counter()
+            entries, runners = {}, {}
+            for contender in contenders:
+                try:
+                    run = contender.prepare(work, threads)
+                except Skipped as skip:
+                    entries[contender.name] = {"status": "skipped", "reason": skip.reason}
+                    continue
+                except Exception as exc:  # a peer that breaks is reported, not fatal
+                    entries[contender.name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+                    continue
+                entry = entries[contender.name] = {}
+                if settings.check and contender.computes:
+                    # Checked right after the call: the output slot is shared
+                    # and the next contender overwrites it.
+                    try:
+                        result = run(0)
+                        if contender.computes not in expected:
+                            expected[contender.computes] = oracle(work, contender.computes)
+                        entry["max_abs_error"], entry["nonfinite"] = _max_error(result, expected[contender.computes])
+                    except Exception as exc:
+                        entries[contender.name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+                        continue
+                runners[contender.name] = run
+            meter = ForeignLoad().start()
+            timed = measure(runners, slots, warmup_rounds=settings.warmup_rounds,
+                            min_rounds=settings.min_rounds, max_rounds=settings.max_rounds,
+                            budget=settings.budget, sample_time=settings.sample_time,
+                            settle=settings.settle, seed=settings.seed)
+            for name, stats in timed.items():
+                entries[name].update(_stats_entry(stats))
+                if isinstance(stats, Failure):
+                    entries[name].pop("max_abs_error", None)
+                    entries[name].pop("nonfinite", None)
+            runs.append({"case": case.label, "shape": list(case.shape), "groups": case.groups,
+                         "mib": case.nbytes / (1 << 20), "slots": slots, "threads": threads,
+                         "foreign_load": meter.stop(),
+                         "results": {c.name: entries[c.name] for c in contenders}})
+            log(f"[{len(runs)}/{total}] {case.label:>18} {threads} thread(s): {slots} slot(s), "
+                f"{time.perf_counter() - started:.1f} s")
+            del runners
+        del work, expected
+    return runs
+
+
+# --- the report -------------------------------------------------------------------
+
+class _Lookup:
+    """Runs indexed by (case label, threads)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.by_key = {(r["case"], r["threads"]): r for r in data["runs"]}
+        self.cases = list(dict.fromkeys(r["case"] for r in data["runs"]))
+        self.threads = sorted({r["threads"] for r in data["runs"]})
+        self.contenders = data["contenders"]
+
+    def entry(self, case, threads, name):
+        run = self.by_key.get((case, threads))
+        return None if run is None else run["results"].get(name)
+
+    def median(self, case, threads, name):
+        entry = self.entry(case, threads, name)
+        return entry["median_us"] * 1e-6 if entry and entry.get("status") == "ok" else None
+
+    def ratio(self, case, threads, numerator, denominator):
+        a, b = self.median(case, threads, numerator), self.median(case, threads, denominator)
+        return a / b if a and b else None
+
+    def mib(self, case):
+        return next(r["mib"] for r in self.data["runs"] if r["case"] == case)
+
+    def main_threads(self):
+        """The thread count the targets are stated at: 2 if measured."""
+        return 2 if 2 in self.threads else self.threads[-1]
+
+
+def _time_cell(entry):
+    if entry is None:
+        return "—"
+    if entry.get("status") != "ok":
+        return entry.get("status", "—")
+    return f"{fmt_time(entry['median_us'] * 1e-6)} ±{50 * entry['spread']:.0f}%"
+
+
+def _names(lookup, exclude=()):
+    return [c["name"] for c in lookup.contenders if c["name"] not in exclude]
+
+
+def _label(lookup, name):
+    return next(c["label"] for c in lookup.contenders if c["name"] == name)
+
+
+def _times_table(lookup, threads):
+    names = _names(lookup)
+    rows = [[case, f"{lookup.mib(case):.2f}"] + [_time_cell(lookup.entry(case, threads, n)) for n in names]
+            for case in lookup.cases]
+    return markdown_table(["shape N×C×H×W/G", "MiB"] + [_label(lookup, n) for n in names], rows)
+
+
+def _floor_table(lookup, threads):
+    names = _names(lookup, exclude=("floor",))
+    rows = []
+    for case in lookup.cases:
+        rows.append([case] + [fmt_ratio(lookup.ratio(case, threads, n, "floor")) for n in names])
+    rows.append(["**geomean**"] + [fmt_ratio(geomean([lookup.ratio(c, threads, n, "floor")
+                                                      for c in lookup.cases])) for n in names])
+    return markdown_table(["shape"] + [_label(lookup, n) for n in names], rows)
+
+
+def _speedup_table(lookup, threads, subject="gncpu", exclude=("floor", "gncpu")):
+    names = _names(lookup, exclude=exclude)
+    rows = [[case] + [fmt_ratio(lookup.ratio(case, threads, n, subject)) for n in names]
+            for case in lookup.cases]
+    rows.append(["**geomean**"] + [fmt_ratio(geomean([lookup.ratio(c, threads, n, subject)
+                                                      for c in lookup.cases])) for n in names])
+    return markdown_table(["shape"] + [f"vs {_label(lookup, n)}" for n in names], rows)
+
+
+def _scaling_table(lookup, few, many):
+    names = _names(lookup)
+    rows = []
+    for case in lookup.cases:
+        cells = []
+        for n in names:
+            a, b = lookup.median(case, few, n), lookup.median(case, many, n)
+            cells.append(fmt_ratio(a / b) if a and b else "—")
+        rows.append([case, f"{lookup.mib(case):.2f}"] + cells)
+    return markdown_table(["shape", "MiB"] + [_label(lookup, n) for n in names], rows)
+
+
+def _accuracy_table(lookup):
+    names = [c["name"] for c in lookup.contenders if c.get("computes")]
+    rows = []
+    for case in lookup.cases:
+        cells = []
+        for n in names:
+            worst, bad = None, 0
+            for t in lookup.threads:
+                entry = lookup.entry(case, t, n)
+                if entry and entry.get("status") == "ok" and "max_abs_error" in entry:
+                    err = entry["max_abs_error"]
+                    worst = err if worst is None or not math.isfinite(err) or \
+                        (math.isfinite(worst) and err > worst) else worst
+                    bad = max(bad, entry.get("nonfinite", 0))
+            cells.append(fmt_error(worst, bad))
+        rows.append([case] + cells)
+    return markdown_table(["shape"] + [_label(lookup, n) for n in names], rows)
+
+
+def _not_run(lookup):
+    """One line per contender that was skipped or failed, with the reason."""
+    seen = {}
+    for run in lookup.data["runs"]:
+        for name, entry in run["results"].items():
+            if entry.get("status") in ("skipped", "failed"):
+                seen.setdefault((name, entry["status"], entry["reason"]), []).append(
+                    f"{run['case']}@{run['threads']}t")
+    lines = []
+    for (name, status, reason), where in seen.items():
+        scope = "everywhere" if len(where) == len(lookup.data["runs"]) else ", ".join(where)
+        lines.append(f"- **{_label(lookup, name)}** {status} ({scope}): {reason}")
+    return lines
+
+
+def _targets(lookup):
+    t = lookup.main_threads()
+    have = set(lookup.cases)
+    lines = []
+
+    def bullet(text, value):
+        lines.append(f"- {text}: **{value}**")
+
+    sd = [c for c in SD_SHAPES if c in have]
+    if sd:
+        bullet(f"gncpu / copy floor, geomean over the cache-resident SD shapes ({', '.join(sd)}), {t} threads",
+               fmt_ratio(geomean([lookup.ratio(c, t, "gncpu", "floor") for c in sd])))
+    if BIG_GROUP_SHAPE in have:
+        bullet(f"gncpu / copy floor on {BIG_GROUP_SHAPE}, {t} threads",
+               fmt_ratio(lookup.ratio(BIG_GROUP_SHAPE, t, "gncpu", "floor")))
+    for name in ("torch", "onnxruntime", "ort-legacy", "openvino", "numpy"):
+        if name not in _names(lookup):
+            continue
+        ratios = [lookup.ratio(c, t, name, "gncpu") for c in lookup.cases]
+        measured = [r for r in ratios if r]
+        if measured:
+            bullet(f"gncpu speedup vs {_label(lookup, name)}, geomean over {len(measured)} shapes, {t} threads "
+                   f"(min {min(measured):.2f}, max {max(measured):.2f})", fmt_ratio(geomean(measured)))
+        else:
+            bullet(f"gncpu speedup vs {_label(lookup, name)}", "not measured (see below)")
+    if 1 in lookup.threads and t != 1:
+        scaled = [c for c in lookup.cases if c == ONE_GROUP_SHAPE or lookup.mib(c) * (1 << 20) >= LARGE_BYTES]
+        parts = []
+        for c in scaled:
+            a, b = lookup.median(c, 1, "gncpu"), lookup.median(c, t, "gncpu")
+            parts.append(f"{c} {fmt_ratio(a / b) if a and b else '—'}")
+        if parts:
+            bullet(f"gncpu {t}-thread vs 1-thread speedup (one group, and inputs >= {LARGE_BYTES >> 20} MiB)",
+                   "; ".join(parts))
+    if TINY_SHAPE in have:
+        entry = lookup.entry(TINY_SHAPE, t, "gncpu")
+        if entry and entry.get("status") == "ok":
+            bullet(f"whole-call median of gncpu.group_norm on {TINY_SHAPE}, {t} threads (µs)",
+                   f"{entry['median_us']:.2f} (IQR {entry['q1_us']:.2f}–{entry['q3_us']:.2f})")
+    return lines
+
+
+def _header(data):
+    env, settings = data["environment"], data["settings"]
+    gn = env["gncpu"]
+    lines = [
+        f"# gncpu {data['suite']} benchmark",
+        "",
+        f"{env['date']} · {env['cpu']} ({env['cpu_count']} CPUs, load average at start "
+        f"{', '.join(f'{x:.2f}' for x in env['load_average'] or [])}) · gncpu {gn['version']} "
+        f"kernel `{gn['kernel_variant']}` · "
+        + " · ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        "",
+        f"Command: `{data['command']}`",
+        "",
+        f"float32, x = {settings['offset']:g} + N(0,1); median per call over interleaved rounds "
+        f"(every contender once per round, shuffled order); ± is half the interquartile range as % of "
+        f"the median; inputs rotate over slots totalling ≥ {settings['rotate_bytes'] >> 20} MiB.",
+    ]
+    loads = [r["foreign_load"] for r in data["runs"] if r.get("foreign_load") is not None]
+    if loads:
+        worst = max(loads)
+        lines += ["", f"Other processes used {100 * sum(loads) / len(loads):.0f}% of the machine's CPU time "
+                      f"while this ran (worst shape {100 * worst:.0f}%)."
+                  + (" **The machine was shared: multi-thread times are unreliable; rerun on a quiet machine.**"
+                     if worst > 0.1 else "")]
+    blas = {k: v for k, v in env["variables"].items() if k in BLAS_VARIABLES and v}
+    if blas:
+        lines += ["", f"**Warning:** {', '.join(f'{k}={v}' for k, v in blas.items())} set: unset them "
+                      f"for benchmark runs (see bench/README.md)."]
+    return lines
+
+
+def group_norm_report(data):
+    """The markdown report of a run (a dict as written to the JSON)."""
+    lookup = _Lookup(data)
+    lines = _header(data)
+    lines += ["", "## Targets", ""] + _targets(lookup)
+    not_run = _not_run(lookup)
+    if not_run:
+        lines += ["", "Not measured:", ""] + not_run
+    for t in sorted(lookup.threads, reverse=True):
+        lines += ["", f"## {t} thread{'s' if t > 1 else ''}", "",
+                  "Median time per call (µs):", "", _times_table(lookup, t), "",
+                  "Time / copy floor (1.0 = a parallel memcpy of the same bytes; lower is better):", "",
+                  _floor_table(lookup, t), "",
+                  "gncpu speedup (peer time / gncpu time; above 1 = gncpu faster):", "",
+                  _speedup_table(lookup, t)]
+    if len(lookup.threads) > 1:
+        few, many = lookup.threads[0], lookup.threads[-1]
+        lines += ["", f"## {many}-thread vs {few}-thread speedup (time at {few} / time at {many})", "",
+                  _scaling_table(lookup, few, many)]
+    if any(r["results"].get(c["name"], {}).get("max_abs_error") is not None
+           for r in data["runs"] for c in lookup.contenders):
+        lines += ["", "## Accuracy: max |y − float64 oracle| (worst over thread counts)", "",
+                  _accuracy_table(lookup)]
+    lines += ["", "Contenders:", ""] + [f"- **{c['label']}**: {c['note']}" for c in lookup.contenders]
+    return "\n".join(lines) + "\n"
+
+
+def group_norm_plot(data, path):
+    lookup = _Lookup(data)
+    panels = []
+    for t in sorted(lookup.threads, reverse=True):
+        series = {_label(lookup, n): [lookup.ratio(c, t, n, "floor") for c in lookup.cases]
+                  for n in _names(lookup, exclude=("floor",))}
+        panels.append((f"{t} thread(s)", lookup.cases, series))
+    plot_ratios(path, "GroupNorm time / copy floor (lower is better)", panels)
+
+
+# --- command line -------------------------------------------------------------------
+
+def add_common_options(parser, default_shapes, quick_shapes, contender_names):
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
+                        help="thread counts to run every contender at (default: 1 2)")
+    parser.add_argument("--shapes", nargs="+", metavar="NxCxHxW/G",
+                        help="shapes to run, e.g. 1x320x64x64/32 (default: the built-in set; "
+                             f"--quick: {len(quick_shapes)} of them)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer shapes and rounds: a smoke run in under 30 s")
+    parser.add_argument("--only", metavar="NAMES",
+                        help=f"comma-separated contenders to run (of {', '.join(contender_names)})")
+    parser.add_argument("--skip", metavar="NAMES", help="comma-separated contenders not to run")
+    parser.add_argument("--offset", type=float, default=0.0,
+                        help="inputs are OFFSET + N(0,1); 1e4 shows who loses accuracy (default 0)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="timed seconds per shape and thread count (default 2, --quick 0.2)")
+    parser.add_argument("--min-rounds", type=int, metavar="N", help="at least N rounds (default 15, --quick 3)")
+    parser.add_argument("--warmup", type=int, metavar="N", help="untimed rounds first (default 3, --quick 1)")
+    parser.add_argument("--sample-ms", type=float, default=1.0,
+                        help="batch short calls into samples of about this many ms (default 1)")
+    parser.add_argument("--settle-ms", type=float, default=0.0,
+                        help="sleep after each sample so spinning worker threads go idle (default 0)")
+    parser.add_argument("--rotate-mib", type=float, default=64.0,
+                        help="rotate input/output slots totalling at least this many MiB (default 64, "
+                             "twice this machine's L3)")
+    parser.add_argument("--no-check", action="store_true", help="skip the accuracy check against the oracle")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench-results", metavar="DIR",
+                        help="directory for the .md/.json/.png results (default ./bench-results)")
+    parser.add_argument("--plot", action="store_true", help="also write a PNG chart (needs matplotlib)")
+    parser.set_defaults(default_shapes=default_shapes, quick_shapes=quick_shapes)
+
+
+def settings_from_args(args):
+    quick = args.quick
+    for name, value in (("--threads", min(args.threads)), ("--sample-ms", args.sample_ms),
+                        ("--rotate-mib", args.rotate_mib)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if args.budget is not None and args.budget < 0:
+        raise ValueError(f"--budget must be >= 0, got {args.budget}")
+    if args.settle_ms < 0:
+        raise ValueError(f"--settle-ms must be >= 0, got {args.settle_ms}")
+    return Settings(
+        warmup_rounds=args.warmup if args.warmup is not None else (1 if quick else 3),
+        min_rounds=max(1, args.min_rounds if args.min_rounds is not None else (3 if quick else 15)),
+        budget=args.budget if args.budget is not None else (0.2 if quick else 2.0),
+        sample_time=args.sample_ms * 1e-3,
+        settle=args.settle_ms * 1e-3,
+        rotate_bytes=int(args.rotate_mib * (1 << 20)),
+        offset=args.offset,
+        seed=args.seed,
+        check=not args.no_check,
+    )
+
+
+def select_contenders(contenders, only, skip):
+    names = [c.name for c in contenders]
+    chosen = list(contenders)
+    for option, value in (("--only", only), ("--skip", skip)):
+        if not value:
+            continue
+        wanted = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise ValueError(f"{option}: unknown contender(s) {unknown}; available: {', '.join(names)}")
+        chosen = [c for c in chosen if (c.name in wanted) == (option == "--only")]
+    if not chosen:
+        raise ValueError("no contender left to run")
+    return chosen
+
+
+def run_command(args, *, suite, contenders, report, plot, log=None):
+    """Shared driver of the bench suites: parse, measure, write, print."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    shapes = args.shapes or (args.quick_shapes if args.quick else args.default_shapes)
+    cases = parse_cases(shapes)
+    chosen = select_contenders(contenders, args.only, args.skip)
+    settings = settings_from_args(args)
+    threads = sorted(set(args.threads))
+    log(f"gncpu bench {suite}: {len(cases)} shape(s) x threads {threads} x {len(chosen)} contender(s)")
+    runs = run_suite(cases, chosen, threads, settings, log=log)
+    data = {
+        "suite": suite,
+        "command": getattr(args, "command_line", None) or "python -m gncpu " + " ".join(sys.argv[1:]),
+        "settings": asdict(settings),
+        "contenders": [{"name": c.name, "label": c.label, "computes": c.computes, "note": c.note}
+                       for c in chosen],
+        "runs": runs,
+        "environment": environment(),
+    }
+    base = os.path.join(args.out, suite)
+    text = report(data)
+    write_json(base + ".json", data)
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    written = [base + ".md", base + ".json"]
+    if args.plot:
+        plot(data, base + ".png")
+        written.append(base + ".png")
+    print(text)
+    log("wrote " + ", ".join(written))
+    return 0
+
+
+def _run_group_norm(args):
+    try:
+        return run_command(args, suite="group_norm", contenders=CONTENDERS,
+                           report=group_norm_report, plot=group_norm_plot)
+    except (ValueError, RuntimeError) as exc:
+        print(f"gncpu bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def add_bench_command(subparsers):
+    """Register `bench` on the `python -m gncpu` subcommand parser."""
+    parser = subparsers.add_parser(
+        "bench", help="time group_norm against the copy floor and the peers",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_options(parser, DEFAULT_SHAPES, QUICK_SHAPES, [c.name for c in CONTENDERS])
+    parser.set_defaults(fn=_run_group_norm)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of bench/bench_group_norm.py (same options as `python -m gncpu bench`)."""
+    parser = argparse.ArgumentParser(prog="bench_group_norm.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_options(parser, DEFAULT_SHAPES, QUICK_SHAPES, [c.name for c in CONTENDERS])
+    args = parser.parse_args(argv)
+    args.command_line = shlex.join([sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
+    return _run_group_norm(args)
