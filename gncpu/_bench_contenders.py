@@ -75,10 +75,18 @@ class Workload:
     weight: np.ndarray
     bias: np.ndarray
     eps: float = 1e-5
+    _derived: dict = field(default_factory=dict, repr=False)
 
     @property
     def slots(self):
         return len(self.inputs)
+
+    def derived(self, key, make):
+        """Buffers several contenders build from the slots (e.g. NHWC copies):
+        made once per workload by `make(self)`, then shared."""
+        if key not in self._derived:
+            self._derived[key] = make(self)
+        return self._derived[key]
 
 
 def make_workload(case, slots, *, offset=0.0, seed=0, eps=1e-5):
@@ -134,10 +142,14 @@ def as_numpy(result):
 # --- the floor and gncpu ------------------------------------------------------
 
 def _prepare_floor(work, threads):
+    from ._config import resolve_threads
     from .kernel import kernels
 
     inputs, outputs = work.inputs, work.outputs
     copy = kernels.parallel_copy
+    # The threads gncpu would use: tiny inputs run on one thread there, and a
+    # fork/join would dominate a copy of a few KiB.
+    threads = resolve_threads(threads, work.case.elements)
 
     def run(slot):
         return copy(inputs[slot], outputs[slot], threads)
@@ -320,7 +332,8 @@ def _prepare_openvino(work, threads):
 
 CONTENDERS = [
     Contender("floor", "copy floor", _prepare_floor, computes=None,
-              note="gncpu.kernel.kernels.parallel_copy of the same bytes on the same threads"),
+              note="gncpu.kernel.kernels.parallel_copy of the same bytes on the threads gncpu uses "
+                   "(one below gncpu's serial threshold)"),
     Contender("gncpu", "gncpu", _prepare_gncpu, note="gncpu.group_norm(x, G, w, b, out=..., num_threads=t)"),
     Contender("numpy", "NumPy", _prepare_numpy, note="two-pass float32 NumPy, single-threaded"),
     Contender("torch", "torch", _prepare_torch,

@@ -147,3 +147,165 @@ def plot_ratios(path, title, panels):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- tables over a run's results ---------------------------------------------------
+
+class Lookup:
+    """A run's results (the JSON dict) indexed by (case label, threads)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.by_key = {(r["case"], r["threads"]): r for r in data["runs"]}
+        self.cases = list(dict.fromkeys(r["case"] for r in data["runs"]))
+        self.threads = sorted({r["threads"] for r in data["runs"]})
+        self.contenders = data["contenders"]
+        self._labels = {c["name"]: c["label"] for c in self.contenders}
+
+    def names(self, exclude=(), only=None):
+        """Contender names in run order (those in `only`, minus `exclude`)."""
+        return [c["name"] for c in self.contenders
+                if c["name"] not in exclude and (only is None or c["name"] in only)]
+
+    def label(self, name):
+        return self._labels[name]
+
+    def entry(self, case, threads, name):
+        run = self.by_key.get((case, threads))
+        return None if run is None else run["results"].get(name)
+
+    def median(self, case, threads, name):
+        """Median seconds per call, or None if not measured."""
+        entry = self.entry(case, threads, name)
+        return entry["median_us"] * 1e-6 if entry and entry.get("status") == "ok" else None
+
+    def ratio(self, case, threads, numerator, denominator):
+        a, b = self.median(case, threads, numerator), self.median(case, threads, denominator)
+        return a / b if a and b else None
+
+    def mib(self, case):
+        return next(r["mib"] for r in self.data["runs"] if r["case"] == case)
+
+    def main_threads(self):
+        """The thread count targets are stated at: 2 if measured, else the most."""
+        return 2 if 2 in self.threads else self.threads[-1]
+
+
+def _time_cell(entry):
+    if entry is None:
+        return "—"
+    if entry.get("status") != "ok":
+        return entry.get("status", "—")
+    return f"{fmt_time(entry['median_us'] * 1e-6)} ±{50 * entry['spread']:.0f}%"
+
+
+def times_table(lookup, threads, names):
+    """Median µs per call ± half the IQR (as % of the median)."""
+    rows = [[case, f"{lookup.mib(case):.2f}"] + [_time_cell(lookup.entry(case, threads, n)) for n in names]
+            for case in lookup.cases]
+    return markdown_table(["shape N×C×H×W/G", "MiB"] + [lookup.label(n) for n in names], rows)
+
+
+def ratio_table(lookup, threads, columns, geomean_row=True):
+    """columns: [(heading, numerator name, denominator name)]; one row per
+    case, plus the geometric mean over cases."""
+    rows = [[case] + [fmt_ratio(lookup.ratio(case, threads, a, b)) for _, a, b in columns]
+            for case in lookup.cases]
+    if geomean_row:
+        rows.append(["**geomean**"] + [fmt_ratio(geomean([lookup.ratio(c, threads, a, b) for c in lookup.cases]))
+                                       for _, a, b in columns])
+    return markdown_table(["shape"] + [heading for heading, _, _ in columns], rows)
+
+
+def floor_table(lookup, threads, names):
+    return ratio_table(lookup, threads, [(lookup.label(n), n, "floor") for n in names])
+
+
+def scaling_table(lookup, few, many, names):
+    """Time at `few` threads / time at `many` threads, per contender."""
+    rows = []
+    for case in lookup.cases:
+        cells = []
+        for n in names:
+            a, b = lookup.median(case, few, n), lookup.median(case, many, n)
+            cells.append(fmt_ratio(a / b) if a and b else "—")
+        rows.append([case, f"{lookup.mib(case):.2f}"] + cells)
+    return markdown_table(["shape", "MiB"] + [lookup.label(n) for n in names], rows)
+
+
+def accuracy_table(lookup, names):
+    """Worst max |error| over thread counts, and non-finite output counts."""
+    rows = []
+    for case in lookup.cases:
+        cells = []
+        for n in names:
+            errors, bad = [], 0
+            for t in lookup.threads:
+                entry = lookup.entry(case, t, n)
+                if entry and entry.get("status") == "ok" and entry.get("max_abs_error") is not None:
+                    errors.append(entry["max_abs_error"])
+                    bad = max(bad, entry.get("nonfinite", 0))
+            if not errors:
+                cells.append("—")
+            else:
+                worst = math.nan if any(not math.isfinite(e) for e in errors) else max(errors)
+                cells.append(fmt_error(worst, bad))
+        rows.append([case] + cells)
+    return markdown_table(["shape"] + [lookup.label(n) for n in names], rows)
+
+
+def has_accuracy(lookup):
+    return any(entry.get("max_abs_error") is not None or entry.get("nonfinite")
+               for run in lookup.data["runs"] for entry in run["results"].values())
+
+
+def not_run_lines(lookup):
+    """One line per contender that was skipped or failed, with the reason."""
+    seen = {}
+    for run in lookup.data["runs"]:
+        for name, entry in run["results"].items():
+            if entry.get("status") in ("skipped", "failed"):
+                seen.setdefault((name, entry["status"], entry["reason"]), []).append(
+                    f"{run['case']}@{run['threads']}t")
+    lines = []
+    for (name, status, reason), where in seen.items():
+        scope = "everywhere" if len(where) == len(lookup.data["runs"]) else ", ".join(where)
+        lines.append(f"- **{lookup.label(name)}** {status} ({scope}): {reason}")
+    return lines
+
+
+def contender_lines(lookup):
+    return [f"- **{c['label']}**: {c['note']}" for c in lookup.contenders if c.get("note")]
+
+
+def report_header(data, title):
+    env, settings = data["environment"], data["settings"]
+    gn = env["gncpu"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{env['date']} · {env['cpu']} ({env['cpu_count']} CPUs, load average at start "
+        f"{', '.join(f'{x:.2f}' for x in env['load_average'] or [])}) · gncpu {gn['version']} "
+        f"kernel `{gn['kernel_variant']}` · "
+        + " · ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        "",
+        f"Command: `{data['command']}`",
+        "",
+        f"float32, x = {settings['offset']:g} + N(0,1); median per call over interleaved rounds "
+        f"(every contender once per round, shuffled order); ± is half the interquartile range as % of "
+        f"the median; inputs rotate over slots totalling ≥ {settings['rotate_bytes'] >> 20} MiB.",
+    ]
+    loads = [r["foreign_load"] for r in data["runs"] if r.get("foreign_load") is not None]
+    if loads:
+        worst = max(loads)
+        lines += ["", f"Other processes used {100 * sum(loads) / len(loads):.0f}% of the machine's CPU time "
+                      f"while this ran (worst shape {100 * worst:.0f}%)."
+                  + (" **The machine was shared: multi-thread times are unreliable; rerun on a quiet machine.**"
+                     if worst > 0.1 else "")]
+    blas = {k: v for k, v in env["variables"].items() if k in BLAS_VARIABLES and v}
+    if blas:
+        lines += ["", f"**Warning:** {', '.join(f'{k}={v}' for k, v in blas.items())} set: unset them "
+                      f"for benchmark runs (see bench/README.md)."]
+    return lines
+
+

@@ -17,13 +17,23 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._bench_contenders import CONTENDERS, Case, Skipped, as_numpy, make_workload
-from ._bench_report import (BLAS_VARIABLES, environment, fmt_error, fmt_ratio, fmt_time, geomean,
-                            markdown_table, plot_ratios, write_json)
+from ._bench_contenders import (CONTENDERS, Case, Contender, Skipped, Workload, as_numpy, import_optional,
+                                make_workload, set_torch_threads)
+from ._bench_report import (Lookup, accuracy_table, contender_lines, environment, floor_table, fmt_ratio,
+                            geomean, has_accuracy, not_run_lines, plot_ratios, ratio_table, report_header,
+                            scaling_table, times_table, write_json)
 from ._bench_timing import Failure, ForeignLoad, measure, slot_count
 
-__all__ = ["add_bench_command", "main", "run_suite", "Settings", "group_norm_report",
-           "DEFAULT_SHAPES", "QUICK_SHAPES", "parse_cases"]
+__all__ = [
+    # the command
+    "add_bench_command", "main", "run_command", "add_common_options",
+    # the engine, for other suites (bench/bench_epilogues.py)
+    "run_suite", "Settings", "Case", "Workload", "Contender", "Skipped", "CONTENDERS", "import_optional",
+    "set_torch_threads", "parse_cases", "DEFAULT_SHAPES", "QUICK_SHAPES",
+    # reports
+    "group_norm_report", "floor_plot", "Lookup", "times_table", "ratio_table", "accuracy_table",
+    "has_accuracy", "not_run_lines", "contender_lines", "report_header",
+]
 
 # Stable Diffusion UNet GroupNorms whose input fits the last-level cache: the
 # floor-ratio target is a geometric mean over exactly these.
@@ -142,6 +152,8 @@ def run_suite(cases, contenders, threads_list, settings, *, oracle=_oracle, log=
                     except Exception as exc:
                         entries[contender.name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                         continue
+                if getattr(run, "detail", None):
+                    entry["detail"] = run.detail
                 runners[contender.name] = run
             meter = ForeignLoad().start()
             timed = measure(runners, slots, warmup_rounds=settings.warmup_rounds,
@@ -164,127 +176,10 @@ def run_suite(cases, contenders, threads_list, settings, *, oracle=_oracle, log=
     return runs
 
 
-# --- the report -------------------------------------------------------------------
-
-class _Lookup:
-    """Runs indexed by (case label, threads)."""
-
-    def __init__(self, data):
-        self.data = data
-        self.by_key = {(r["case"], r["threads"]): r for r in data["runs"]}
-        self.cases = list(dict.fromkeys(r["case"] for r in data["runs"]))
-        self.threads = sorted({r["threads"] for r in data["runs"]})
-        self.contenders = data["contenders"]
-
-    def entry(self, case, threads, name):
-        run = self.by_key.get((case, threads))
-        return None if run is None else run["results"].get(name)
-
-    def median(self, case, threads, name):
-        entry = self.entry(case, threads, name)
-        return entry["median_us"] * 1e-6 if entry and entry.get("status") == "ok" else None
-
-    def ratio(self, case, threads, numerator, denominator):
-        a, b = self.median(case, threads, numerator), self.median(case, threads, denominator)
-        return a / b if a and b else None
-
-    def mib(self, case):
-        return next(r["mib"] for r in self.data["runs"] if r["case"] == case)
-
-    def main_threads(self):
-        """The thread count the targets are stated at: 2 if measured."""
-        return 2 if 2 in self.threads else self.threads[-1]
-
-
-def _time_cell(entry):
-    if entry is None:
-        return "—"
-    if entry.get("status") != "ok":
-        return entry.get("status", "—")
-    return f"{fmt_time(entry['median_us'] * 1e-6)} ±{50 * entry['spread']:.0f}%"
-
-
-def _names(lookup, exclude=()):
-    return [c["name"] for c in lookup.contenders if c["name"] not in exclude]
-
-
-def _label(lookup, name):
-    return next(c["label"] for c in lookup.contenders if c["name"] == name)
-
-
-def _times_table(lookup, threads):
-    names = _names(lookup)
-    rows = [[case, f"{lookup.mib(case):.2f}"] + [_time_cell(lookup.entry(case, threads, n)) for n in names]
-            for case in lookup.cases]
-    return markdown_table(["shape N×C×H×W/G", "MiB"] + [_label(lookup, n) for n in names], rows)
-
-
-def _floor_table(lookup, threads):
-    names = _names(lookup, exclude=("floor",))
-    rows = []
-    for case in lookup.cases:
-        rows.append([case] + [fmt_ratio(lookup.ratio(case, threads, n, "floor")) for n in names])
-    rows.append(["**geomean**"] + [fmt_ratio(geomean([lookup.ratio(c, threads, n, "floor")
-                                                      for c in lookup.cases])) for n in names])
-    return markdown_table(["shape"] + [_label(lookup, n) for n in names], rows)
-
-
-def _speedup_table(lookup, threads, subject="gncpu", exclude=("floor", "gncpu")):
-    names = _names(lookup, exclude=exclude)
-    rows = [[case] + [fmt_ratio(lookup.ratio(case, threads, n, subject)) for n in names]
-            for case in lookup.cases]
-    rows.append(["**geomean**"] + [fmt_ratio(geomean([lookup.ratio(c, threads, n, subject)
-                                                      for c in lookup.cases])) for n in names])
-    return markdown_table(["shape"] + [f"vs {_label(lookup, n)}" for n in names], rows)
-
-
-def _scaling_table(lookup, few, many):
-    names = _names(lookup)
-    rows = []
-    for case in lookup.cases:
-        cells = []
-        for n in names:
-            a, b = lookup.median(case, few, n), lookup.median(case, many, n)
-            cells.append(fmt_ratio(a / b) if a and b else "—")
-        rows.append([case, f"{lookup.mib(case):.2f}"] + cells)
-    return markdown_table(["shape", "MiB"] + [_label(lookup, n) for n in names], rows)
-
-
-def _accuracy_table(lookup):
-    names = [c["name"] for c in lookup.contenders if c.get("computes")]
-    rows = []
-    for case in lookup.cases:
-        cells = []
-        for n in names:
-            worst, bad = None, 0
-            for t in lookup.threads:
-                entry = lookup.entry(case, t, n)
-                if entry and entry.get("status") == "ok" and "max_abs_error" in entry:
-                    err = entry["max_abs_error"]
-                    worst = err if worst is None or not math.isfinite(err) or \
-                        (math.isfinite(worst) and err > worst) else worst
-                    bad = max(bad, entry.get("nonfinite", 0))
-            cells.append(fmt_error(worst, bad))
-        rows.append([case] + cells)
-    return markdown_table(["shape"] + [_label(lookup, n) for n in names], rows)
-
-
-def _not_run(lookup):
-    """One line per contender that was skipped or failed, with the reason."""
-    seen = {}
-    for run in lookup.data["runs"]:
-        for name, entry in run["results"].items():
-            if entry.get("status") in ("skipped", "failed"):
-                seen.setdefault((name, entry["status"], entry["reason"]), []).append(
-                    f"{run['case']}@{run['threads']}t")
-    lines = []
-    for (name, status, reason), where in seen.items():
-        scope = "everywhere" if len(where) == len(lookup.data["runs"]) else ", ".join(where)
-        lines.append(f"- **{_label(lookup, name)}** {status} ({scope}): {reason}")
-    return lines
-
+# --- the group_norm report ----------------------------------------------------------
 
 def _targets(lookup):
+    """The figures the speed issue states its targets in, at 2 threads."""
     t = lookup.main_threads()
     have = set(lookup.cases)
     lines = []
@@ -299,16 +194,14 @@ def _targets(lookup):
     if BIG_GROUP_SHAPE in have:
         bullet(f"gncpu / copy floor on {BIG_GROUP_SHAPE}, {t} threads",
                fmt_ratio(lookup.ratio(BIG_GROUP_SHAPE, t, "gncpu", "floor")))
-    for name in ("torch", "onnxruntime", "ort-legacy", "openvino", "numpy"):
-        if name not in _names(lookup):
-            continue
-        ratios = [lookup.ratio(c, t, name, "gncpu") for c in lookup.cases]
-        measured = [r for r in ratios if r]
+    for name in lookup.names(exclude=("floor", "gncpu")):
+        measured = [r for r in (lookup.ratio(c, t, name, "gncpu") for c in lookup.cases) if r]
         if measured:
-            bullet(f"gncpu speedup vs {_label(lookup, name)}, geomean over {len(measured)} shapes, {t} threads "
-                   f"(min {min(measured):.2f}, max {max(measured):.2f})", fmt_ratio(geomean(measured)))
+            bullet(f"gncpu speedup vs {lookup.label(name)}, geomean over {len(measured)} shapes, {t} threads "
+                   f"(min {fmt_ratio(min(measured))}, max {fmt_ratio(max(measured))})",
+                   fmt_ratio(geomean(measured)))
         else:
-            bullet(f"gncpu speedup vs {_label(lookup, name)}", "not measured (see below)")
+            bullet(f"gncpu speedup vs {lookup.label(name)}", "not measured (see below)")
     if 1 in lookup.threads and t != 1:
         scaled = [c for c in lookup.cases if c == ONE_GROUP_SHAPE or lookup.mib(c) * (1 << 20) >= LARGE_BYTES]
         parts = []
@@ -326,72 +219,50 @@ def _targets(lookup):
     return lines
 
 
-def _header(data):
-    env, settings = data["environment"], data["settings"]
-    gn = env["gncpu"]
-    lines = [
-        f"# gncpu {data['suite']} benchmark",
-        "",
-        f"{env['date']} · {env['cpu']} ({env['cpu_count']} CPUs, load average at start "
-        f"{', '.join(f'{x:.2f}' for x in env['load_average'] or [])}) · gncpu {gn['version']} "
-        f"kernel `{gn['kernel_variant']}` · "
-        + " · ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-        "",
-        f"Command: `{data['command']}`",
-        "",
-        f"float32, x = {settings['offset']:g} + N(0,1); median per call over interleaved rounds "
-        f"(every contender once per round, shuffled order); ± is half the interquartile range as % of "
-        f"the median; inputs rotate over slots totalling ≥ {settings['rotate_bytes'] >> 20} MiB.",
-    ]
-    loads = [r["foreign_load"] for r in data["runs"] if r.get("foreign_load") is not None]
-    if loads:
-        worst = max(loads)
-        lines += ["", f"Other processes used {100 * sum(loads) / len(loads):.0f}% of the machine's CPU time "
-                      f"while this ran (worst shape {100 * worst:.0f}%)."
-                  + (" **The machine was shared: multi-thread times are unreliable; rerun on a quiet machine.**"
-                     if worst > 0.1 else "")]
-    blas = {k: v for k, v in env["variables"].items() if k in BLAS_VARIABLES and v}
-    if blas:
-        lines += ["", f"**Warning:** {', '.join(f'{k}={v}' for k, v in blas.items())} set: unset them "
-                      f"for benchmark runs (see bench/README.md)."]
-    return lines
-
-
 def group_norm_report(data):
-    """The markdown report of a run (a dict as written to the JSON)."""
-    lookup = _Lookup(data)
-    lines = _header(data)
+    """The markdown report of a group_norm run (the dict written to the JSON)."""
+    lookup = Lookup(data)
+    everyone = lookup.names()
+    others = lookup.names(exclude=("floor",))
+    peers = lookup.names(exclude=("floor", "gncpu"))
+    lines = report_header(data, "gncpu group_norm benchmark")
     lines += ["", "## Targets", ""] + _targets(lookup)
-    not_run = _not_run(lookup)
+    not_run = not_run_lines(lookup)
     if not_run:
         lines += ["", "Not measured:", ""] + not_run
     for t in sorted(lookup.threads, reverse=True):
         lines += ["", f"## {t} thread{'s' if t > 1 else ''}", "",
-                  "Median time per call (µs):", "", _times_table(lookup, t), "",
-                  "Time / copy floor (1.0 = a parallel memcpy of the same bytes; lower is better):", "",
-                  _floor_table(lookup, t), "",
-                  "gncpu speedup (peer time / gncpu time; above 1 = gncpu faster):", "",
-                  _speedup_table(lookup, t)]
+                  "Median time per call (µs):", "", times_table(lookup, t, everyone)]
+        if "floor" in everyone and others:
+            lines += ["", "Time / copy floor (1.0 = a parallel memcpy of the same bytes; lower is better):", "",
+                      floor_table(lookup, t, others)]
+        if "gncpu" in everyone and peers:
+            lines += ["", "gncpu speedup (peer time / gncpu time; above 1 = gncpu faster):", "",
+                      ratio_table(lookup, t, [(f"vs {lookup.label(n)}", n, "gncpu") for n in peers])]
     if len(lookup.threads) > 1:
         few, many = lookup.threads[0], lookup.threads[-1]
         lines += ["", f"## {many}-thread vs {few}-thread speedup (time at {few} / time at {many})", "",
-                  _scaling_table(lookup, few, many)]
-    if any(r["results"].get(c["name"], {}).get("max_abs_error") is not None
-           for r in data["runs"] for c in lookup.contenders):
+                  scaling_table(lookup, few, many, everyone)]
+    if has_accuracy(lookup):
         lines += ["", "## Accuracy: max |y − float64 oracle| (worst over thread counts)", "",
-                  _accuracy_table(lookup)]
-    lines += ["", "Contenders:", ""] + [f"- **{c['label']}**: {c['note']}" for c in lookup.contenders]
+                  accuracy_table(lookup, [c["name"] for c in lookup.contenders if c.get("computes")])]
+    lines += ["", "Contenders:", ""] + contender_lines(lookup)
     return "\n".join(lines) + "\n"
 
 
-def group_norm_plot(data, path):
-    lookup = _Lookup(data)
+def floor_plot(data, path, title, names=None):
+    """Time / copy floor per shape, one panel per thread count."""
+    lookup = Lookup(data)
+    names = names or lookup.names(exclude=("floor",))
     panels = []
     for t in sorted(lookup.threads, reverse=True):
-        series = {_label(lookup, n): [lookup.ratio(c, t, n, "floor") for c in lookup.cases]
-                  for n in _names(lookup, exclude=("floor",))}
+        series = {lookup.label(n): [lookup.ratio(c, t, n, "floor") for c in lookup.cases] for n in names}
         panels.append((f"{t} thread(s)", lookup.cases, series))
-    plot_ratios(path, "GroupNorm time / copy floor (lower is better)", panels)
+    plot_ratios(path, title, panels)
+
+
+def group_norm_plot(data, path):
+    floor_plot(data, path, "GroupNorm time / copy floor (lower is better)")
 
 
 # --- command line -------------------------------------------------------------------
@@ -525,5 +396,5 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_options(parser, DEFAULT_SHAPES, QUICK_SHAPES, [c.name for c in CONTENDERS])
     args = parser.parse_args(argv)
-    args.command_line = shlex.join([sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
+    args.command_line = shlex.join(["python", sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
     return _run_group_norm(args)
