@@ -292,8 +292,9 @@ def report_header(data, title):
         f"Command: `{data['command']}`",
         "",
         f"float32, x = {settings['offset']:g} + N(0,1); median per call over interleaved rounds "
-        f"(every contender once per round, shuffled order); ± is half the interquartile range as % of "
-        f"the median; inputs rotate over slots totalling ≥ {settings['rotate_bytes'] >> 20} MiB.",
+        f"(every contender once per round, shuffled order, each waiting for the previous one's worker "
+        f"threads to stop spinning); ± is half the interquartile range as % of the median; inputs rotate "
+        f"over slots totalling ≥ {settings['rotate_bytes'] >> 20} MiB.",
     ]
     loads = [r["foreign_load"] for r in data["runs"] if r.get("foreign_load") is not None]
     if loads:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Stats", "Failure", "slot_count", "measure", "ForeignLoad"]
+__all__ = ["Stats", "Failure", "slot_count", "measure", "quiesce", "ForeignLoad"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,24 @@ class _SlotCursor:
         return start
 
 
+def quiesce(limit, poll=5e-4, busy_fraction=0.1, cpu_clock=time.process_time):
+    """Sleep until this process's other threads stop burning CPU, at most
+    `limit` seconds; returns the seconds waited.
+
+    After a call, libraries' worker threads spin before they sleep (libgomp
+    ~3-4 ms of CPU, onnxruntime's pool 15-20 ms, measured here on 2 cores):
+    a spinning pool steals a core from whichever contender runs next.
+    "Quiet" = over one `poll` interval the process used less than
+    `busy_fraction` of a core."""
+    start = time.perf_counter()
+    while True:
+        cpu0, t0 = cpu_clock(), time.perf_counter()
+        time.sleep(poll)
+        now = time.perf_counter()
+        if cpu_clock() - cpu0 < busy_fraction * (now - t0) or now - start >= limit:
+            return now - start
+
+
 def _timed_sample(run, inner, cursor):
     slots = cursor.slots
     start = cursor.take(inner)
@@ -122,7 +140,7 @@ def _describe(exc):
 
 
 def measure(runners, slots, *, warmup_rounds=3, min_rounds=10, max_rounds=10_000,
-            budget=2.0, sample_time=1e-3, settle=0.0, seed=0, clock=time.perf_counter):
+            budget=2.0, sample_time=5e-3, quiet_limit=0.05, seed=0, clock=time.perf_counter):
     """Time each runner in `runners` ({name: run(slot)}) interleaved.
 
     warmup_rounds: untimed rounds first (also estimate each call's cost).
@@ -130,9 +148,10 @@ def measure(runners, slots, *, warmup_rounds=3, min_rounds=10, max_rounds=10_000
     `min_rounds` were done (at most `max_rounds`). Within a round each
     contender takes one sample of `inner` back-to-back calls, `inner` chosen
     so a sample lasts about `sample_time` (timer resolution and call jitter
-    matter less for microsecond calls). `settle` seconds of sleep follow each
-    sample so one library's spinning worker threads have gone idle before the
-    next library starts.
+    matter less for microsecond calls). After each sample the process waits
+    (up to `quiet_limit` seconds; 0: not at all) until the worker threads
+    that contender left spinning have gone idle, so they do not slow down
+    the next one: see quiesce().
 
     Returns {name: Stats or Failure}; a runner that raises is dropped from the
     remaining rounds and reported as a Failure.
@@ -185,8 +204,8 @@ def measure(runners, slots, *, warmup_rounds=3, min_rounds=10, max_rounds=10_000
                 value = guarded(name, lambda: _timed_sample(live[name], inner[name], cursor))
                 if value is not None:
                     samples[name].append(value)
-                if settle > 0:
-                    time.sleep(settle)
+                if quiet_limit > 0:
+                    quiesce(quiet_limit)
             rounds += 1
     finally:
         if gc_was_enabled:

@@ -63,8 +63,8 @@ class Settings:
     min_rounds: int = 15
     max_rounds: int = 10_000
     budget: float = 2.0          # seconds of timed rounds per (shape, threads)
-    sample_time: float = 1e-3    # seconds per sample (calls are batched up to this)
-    settle: float = 0.0          # seconds of sleep after each sample
+    sample_time: float = 5e-3    # seconds per sample (calls are batched up to this)
+    quiet_limit: float = 0.05    # wait up to this long for spinning worker threads after a sample
     rotate_bytes: int = 64 << 20  # bytes (inputs + outputs) one pass over the slots touches
     max_slots: int = 1024
     offset: float = 0.0          # inputs are offset + N(0, 1)
@@ -159,7 +159,7 @@ def run_suite(cases, contenders, threads_list, settings, *, oracle=_oracle, log=
             timed = measure(runners, slots, warmup_rounds=settings.warmup_rounds,
                             min_rounds=settings.min_rounds, max_rounds=settings.max_rounds,
                             budget=settings.budget, sample_time=settings.sample_time,
-                            settle=settings.settle, seed=settings.seed)
+                            quiet_limit=settings.quiet_limit, seed=settings.seed)
             for name, stats in timed.items():
                 entries[name].update(_stats_entry(stats))
                 if isinstance(stats, Failure):
@@ -284,10 +284,11 @@ def add_common_options(parser, default_shapes, quick_shapes, contender_names):
                         help="timed seconds per shape and thread count (default 2, --quick 0.2)")
     parser.add_argument("--min-rounds", type=int, metavar="N", help="at least N rounds (default 15, --quick 3)")
     parser.add_argument("--warmup", type=int, metavar="N", help="untimed rounds first (default 3, --quick 1)")
-    parser.add_argument("--sample-ms", type=float, default=1.0,
-                        help="batch short calls into samples of about this many ms (default 1)")
-    parser.add_argument("--settle-ms", type=float, default=0.0,
-                        help="sleep after each sample so spinning worker threads go idle (default 0)")
+    parser.add_argument("--sample-ms", type=float,
+                        help="batch short calls into samples of about this many ms (default 5, --quick 2)")
+    parser.add_argument("--quiet-ms", type=float, default=50.0,
+                        help="after each sample wait up to this long for the worker threads the "
+                             "contender left spinning to go idle (default 50; 0 = never wait)")
     parser.add_argument("--rotate-mib", type=float, default=64.0,
                         help="rotate input/output slots totalling at least this many MiB (default 64, "
                              "twice this machine's L3)")
@@ -301,20 +302,21 @@ def add_common_options(parser, default_shapes, quick_shapes, contender_names):
 
 def settings_from_args(args):
     quick = args.quick
-    for name, value in (("--threads", min(args.threads)), ("--sample-ms", args.sample_ms),
+    sample_ms = args.sample_ms if args.sample_ms is not None else (2.0 if quick else 5.0)
+    for name, value in (("--threads", min(args.threads)), ("--sample-ms", sample_ms),
                         ("--rotate-mib", args.rotate_mib)):
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     if args.budget is not None and args.budget < 0:
         raise ValueError(f"--budget must be >= 0, got {args.budget}")
-    if args.settle_ms < 0:
-        raise ValueError(f"--settle-ms must be >= 0, got {args.settle_ms}")
+    if args.quiet_ms < 0:
+        raise ValueError(f"--quiet-ms must be >= 0, got {args.quiet_ms}")
     return Settings(
         warmup_rounds=args.warmup if args.warmup is not None else (1 if quick else 3),
         min_rounds=max(1, args.min_rounds if args.min_rounds is not None else (3 if quick else 15)),
         budget=args.budget if args.budget is not None else (0.2 if quick else 2.0),
-        sample_time=args.sample_ms * 1e-3,
-        settle=args.settle_ms * 1e-3,
+        sample_time=sample_ms * 1e-3,
+        quiet_limit=args.quiet_ms * 1e-3,
         rotate_bytes=int(args.rotate_mib * (1 << 20)),
         offset=args.offset,
         seed=args.seed,

@@ -14,10 +14,11 @@ from gncpu import bench, reference
 from gncpu._bench_contenders import (CONTENDERS, Case, Contender, Skipped, as_numpy, make_workload,
                                       numpy_group_norm)
 from gncpu._bench_report import fmt_ratio, geomean
-from gncpu._bench_timing import Failure, ForeignLoad, Stats, measure, slot_count
+from gncpu._bench_timing import Failure, ForeignLoad, Stats, measure, quiesce, slot_count
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FAST = bench.Settings(warmup_rounds=1, min_rounds=3, budget=0.0, sample_time=0.0, rotate_bytes=1 << 16)
+FAST = bench.Settings(warmup_rounds=1, min_rounds=3, budget=0.0, sample_time=0.0, quiet_limit=0.0,
+                      rotate_bytes=1 << 16)
 PEERS = ("torch", "onnxruntime", "ort-legacy", "openvino")
 
 
@@ -136,6 +137,14 @@ def test_measure_reports_a_failing_contender_and_keeps_the_others():
 def test_measure_rejects_bad_round_counts(kwargs, match):
     with pytest.raises(ValueError, match=match):
         measure({"a": lambda s: None}, 1, **kwargs)
+
+
+def test_quiesce_waits_while_the_process_burns_cpu_up_to_the_limit():
+    busy = iter([0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.11, 0.12] * 100)
+    waited = quiesce(0.004, poll=1e-4, cpu_clock=lambda: next(busy))  # 10 ms of CPU per poll: spinning
+    assert waited >= 0.004
+    idle = quiesce(1.0, poll=1e-4, cpu_clock=lambda: 0.0)
+    assert idle < 0.5
 
 
 def test_foreign_load_is_a_fraction():
