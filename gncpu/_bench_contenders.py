@@ -167,6 +167,17 @@ def _prepare_gncpu(work, threads):
     return run
 
 
+def _prepare_gncpu_allocating(work, threads):
+    from .functional import group_norm
+
+    inputs = work.inputs
+    groups, weight, bias, eps = work.case.groups, work.weight, work.bias, work.eps
+
+    def run(slot):
+        return group_norm(inputs[slot], groups, weight, bias, eps, num_threads=threads)
+    return run
+
+
 # --- NumPy ----------------------------------------------------------------------
 
 def numpy_group_norm(x, groups, weight, bias, eps, out, scratch):
@@ -335,6 +346,8 @@ CONTENDERS = [
               note="gncpu.kernel.kernels.parallel_copy of the same bytes on the threads gncpu uses "
                    "(one below gncpu's serial threshold)"),
     Contender("gncpu", "gncpu", _prepare_gncpu, note="gncpu.group_norm(x, G, w, b, out=..., num_threads=t)"),
+    Contender("gncpu-alloc", "gncpu, new out", _prepare_gncpu_allocating,
+              note="gncpu.group_norm(x, G, w, b, num_threads=t): allocates its output, as torch does"),
     Contender("numpy", "NumPy", _prepare_numpy, note="two-pass float32 NumPy, single-threaded"),
     Contender("torch", "torch", _prepare_torch,
               note="torch.nn.functional.group_norm (allocates its output; torch has no out=)"),

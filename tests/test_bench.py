@@ -2,6 +2,7 @@
 shapes with fake peers. No timing assertions: the machine is shared."""
 import argparse
 import importlib.util
+import itertools
 import json
 import math
 import pathlib
@@ -140,8 +141,8 @@ def test_measure_rejects_bad_round_counts(kwargs, match):
 
 
 def test_quiesce_waits_while_the_process_burns_cpu_up_to_the_limit():
-    busy = iter([0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.11, 0.12] * 100)
-    waited = quiesce(0.004, poll=1e-4, cpu_clock=lambda: next(busy))  # 10 ms of CPU per poll: spinning
+    busy = itertools.count(0.0, 0.01)  # 10 ms more CPU at every reading: a thread is spinning
+    waited = quiesce(0.004, poll=1e-4, cpu_clock=lambda: next(busy))
     assert waited >= 0.004
     idle = quiesce(1.0, poll=1e-4, cpu_clock=lambda: 0.0)
     assert idle < 0.5
@@ -165,7 +166,7 @@ def test_numpy_group_norm_matches_the_oracle():
     np.testing.assert_allclose(y, reference.group_norm(x, 3, work.weight, work.bias), atol=2e-5)
 
 
-@pytest.mark.parametrize("name", ["floor", "gncpu", "numpy"])
+@pytest.mark.parametrize("name", ["floor", "gncpu", "gncpu-alloc", "numpy"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_builtin_contenders_run_on_every_slot(name, threads):
     work = make_workload(Case.parse("1x16x8x8/4"), 3, seed=4)
@@ -229,7 +230,7 @@ def _nan_peer(work, threads):
     return run
 
 
-FAKES = [_contender("floor"), _contender("gncpu"), _contender("numpy"),
+FAKES = [_contender("floor"), _contender("gncpu"), _contender("gncpu-alloc"), _contender("numpy"),
          Contender("fake", "fake peer", _fake_peer(1e-3), note="oracle + 1e-3"),
          Contender("absent", "absent peer", _not_here),
          Contender("broken", "broken peer", _broken),
@@ -253,7 +254,7 @@ def test_run_suite_records_status_timing_and_accuracy(suite_data):
         ("1x32x8x8/8", 1), ("1x32x8x8/8", 2), ("1x16x8x8/4", 1), ("1x16x8x8/4", 2)]
     for run in runs:
         res = run["results"]
-        for name in ("floor", "gncpu", "numpy", "fake", "nans"):
+        for name in ("floor", "gncpu", "gncpu-alloc", "numpy", "fake", "nans"):
             assert res[name]["status"] == "ok"
             assert res[name]["q1_us"] <= res[name]["median_us"] <= res[name]["q3_us"]
             assert res[name]["samples"] >= FAST.min_rounds
