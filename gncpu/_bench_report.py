@@ -8,7 +8,7 @@ import math
 import os
 import platform
 
-__all__ = ["environment", "markdown_table", "fmt_time", "fmt_ratio", "fmt_error", "geomean",
+__all__ = ["environment", "load_average", "markdown_table", "fmt_time", "fmt_ratio", "fmt_error", "geomean",
            "write_json", "plot_ratios", "BLAS_VARIABLES"]
 
 # Set on this project's machine for older OpenBLAS builds; they slow NumPy's
@@ -46,6 +46,10 @@ def _threadpools():
             for pool in threadpool_info()]
 
 
+def load_average():
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def environment(peers=("numpy", "torch", "onnxruntime", "openvino", "onnx")):
     """What ran where: versions, gncpu's build, thread pools (call after the
     peers are imported so their pools show), variables and machine load."""
@@ -55,7 +59,7 @@ def environment(peers=("numpy", "torch", "onnxruntime", "openvino", "onnx")):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
         "python": platform.python_version(),
         "gncpu": config(),
         "versions": {name: _version(name) for name in peers},
@@ -278,14 +282,19 @@ def contender_lines(lookup):
     return [f"- **{c['label']}**: {c['note']}" for c in lookup.contenders if c.get("note")]
 
 
+def _load(values):
+    return f"{values[0]:.2f}" if values else "?"
+
+
 def report_header(data, title):
     env, settings = data["environment"], data["settings"]
     gn = env["gncpu"]
     lines = [
         f"# {title}",
         "",
-        f"{env['date']} · {env['cpu']} ({env['cpu_count']} CPUs, load average at start "
-        f"{', '.join(f'{x:.2f}' for x in env['load_average'] or [])}) · gncpu {gn['version']} "
+        f"{env['date']} · {env['cpu']} ({env['cpu_count']} CPUs, 1-minute load average "
+        f"{_load(data.get('load_average_start'))} at start, {_load(env['load_average'])} at end) · "
+        f"gncpu {gn['version']} "
         f"kernel `{gn['kernel_variant']}` · "
         + " · ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         "",

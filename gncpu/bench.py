@@ -19,7 +19,7 @@ import numpy as np
 
 from ._bench_contenders import (CONTENDERS, Case, Contender, Skipped, Workload, as_numpy, import_optional,
                                 make_workload, set_torch_threads)
-from ._bench_report import (Lookup, accuracy_table, contender_lines, environment, floor_table, fmt_ratio,
+from ._bench_report import (Lookup, accuracy_table, contender_lines, environment, load_average, floor_table, fmt_ratio,
                             geomean, has_accuracy, not_run_lines, plot_ratios, ratio_table, report_header,
                             scaling_table, times_table, write_json)
 from ._bench_timing import Failure, ForeignLoad, measure, slot_count
@@ -355,11 +355,13 @@ def run_command(args, *, suite, contenders, report, plot, log=None):
     settings = settings_from_args(args)
     threads = sorted(set(args.threads))
     log(f"gncpu bench {suite}: {len(cases)} shape(s) x threads {threads} x {len(chosen)} contender(s)")
+    load_at_start = load_average()
     runs = run_suite(cases, chosen, threads, settings, log=log)
     data = {
         "suite": suite,
         "command": getattr(args, "command_line", None) or "python -m gncpu " + " ".join(sys.argv[1:]),
         "settings": asdict(settings),
+        "load_average_start": load_at_start,
         "contenders": [{"name": c.name, "label": c.label, "computes": c.computes, "note": c.note}
                        for c in chosen],
         "runs": runs,
