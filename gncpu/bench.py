@@ -19,9 +19,9 @@ import numpy as np
 
 from ._bench_contenders import (CONTENDERS, Case, Contender, Skipped, Workload, as_numpy, import_optional,
                                 make_workload, set_torch_threads)
-from ._bench_report import (Lookup, accuracy_table, contender_lines, environment, load_average, floor_table, fmt_ratio,
-                            geomean, has_accuracy, not_run_lines, plot_ratios, ratio_table, report_header,
-                            scaling_table, times_table, write_json)
+from ._bench_report import (Lookup, accuracy_table, contender_lines, environment, floor_table, fmt_ratio,
+                            geomean, has_accuracy, load_average, not_run_lines, plot_ratios, ratio_table,
+                            report_header, scaling_table, times_table, write_json)
 from ._bench_timing import Failure, ForeignLoad, measure, slot_count
 
 __all__ = [
@@ -107,19 +107,45 @@ def _oracle(work, computes):
 
 
 def _stats_entry(stats):
-    if isinstance(stats, Failure):
-        return {"status": "failed", "reason": stats.error}
     return {"status": "ok", "median_us": stats.median * 1e6, "q1_us": stats.q1 * 1e6,
             "q3_us": stats.q3 * 1e6, "min_us": stats.minimum * 1e6, "spread": stats.spread,
             "samples": stats.samples, "inner": stats.inner}
+
+
+def _failure(exc):
+    return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def _prepare(contender, work, threads, settings, expected, oracle):
+    """(entry, run): run is None when the contender is skipped or broke.
+    The output is checked right after its call: output slots are shared and
+    the next contender overwrites them."""
+    try:
+        run = contender.prepare(work, threads)
+    except Skipped as skip:
+        return {"status": "skipped", "reason": skip.reason}, None
+    except Exception as exc:  # a peer that breaks is reported, not fatal
+        return _failure(exc), None
+    entry = {}
+    if settings.check and contender.computes:
+        try:
+            result = run(0)
+            if contender.computes not in expected:
+                expected[contender.computes] = oracle(work, contender.computes)
+            entry["max_abs_error"], entry["nonfinite"] = _max_error(result, expected[contender.computes])
+        except Exception as exc:
+            return _failure(exc), None
+    if getattr(run, "detail", None):
+        entry["detail"] = run.detail
+    return entry, run
 
 
 def run_suite(cases, contenders, threads_list, settings, *, oracle=_oracle, log=None):
     """Measure every contender on every case at every thread count.
 
     Case-major: one set of input slots and one oracle result per case, then
-    the thread counts back to back (so the 2-vs-1-thread ratio is measured
-    minutes apart at most). Returns a list of plain-dict runs (JSON-ready).
+    the thread counts back to back, so a 2-vs-1-thread ratio compares
+    measurements seconds apart. Returns a list of plain-dict runs (JSON-ready).
     """
     log = log or (lambda message: None)
     runs = []
@@ -132,42 +158,23 @@ def run_suite(cases, contenders, threads_list, settings, *, oracle=_oracle, log=
             started = time.perf_counter()
             entries, runners = {}, {}
             for contender in contenders:
-                try:
-                    run = contender.prepare(work, threads)
-                except Skipped as skip:
-                    entries[contender.name] = {"status": "skipped", "reason": skip.reason}
-                    continue
-                except Exception as exc:  # a peer that breaks is reported, not fatal
-                    entries[contender.name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-                    continue
-                entry = entries[contender.name] = {}
-                if settings.check and contender.computes:
-                    # Checked right after the call: the output slot is shared
-                    # and the next contender overwrites it.
-                    try:
-                        result = run(0)
-                        if contender.computes not in expected:
-                            expected[contender.computes] = oracle(work, contender.computes)
-                        entry["max_abs_error"], entry["nonfinite"] = _max_error(result, expected[contender.computes])
-                    except Exception as exc:
-                        entries[contender.name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-                        continue
-                if getattr(run, "detail", None):
-                    entry["detail"] = run.detail
-                runners[contender.name] = run
+                entries[contender.name], run = _prepare(contender, work, threads, settings, expected, oracle)
+                if run is not None:
+                    runners[contender.name] = run
             meter = ForeignLoad().start()
             timed = measure(runners, slots, warmup_rounds=settings.warmup_rounds,
                             min_rounds=settings.min_rounds, max_rounds=settings.max_rounds,
                             budget=settings.budget, sample_time=settings.sample_time,
                             quiet_limit=settings.quiet_limit, seed=settings.seed)
+            foreign_load = meter.stop()
             for name, stats in timed.items():
-                entries[name].update(_stats_entry(stats))
                 if isinstance(stats, Failure):
-                    entries[name].pop("max_abs_error", None)
-                    entries[name].pop("nonfinite", None)
+                    entries[name] = {"status": "failed", "reason": stats.error}
+                else:
+                    entries[name].update(_stats_entry(stats))
             runs.append({"case": case.label, "shape": list(case.shape), "groups": case.groups,
                          "mib": case.nbytes / (1 << 20), "slots": slots, "threads": threads,
-                         "foreign_load": meter.stop(),
+                         "foreign_load": foreign_load,
                          "results": {c.name: entries[c.name] for c in contenders}})
             log(f"[{len(runs)}/{total}] {case.label:>18} {threads} thread(s): {slots} slot(s), "
                 f"{time.perf_counter() - started:.1f} s")
