@@ -10,12 +10,14 @@
     python bench/bench_epilogues.py --quick
     python bench/bench_epilogues.py --threads 1 2 --plot
 
-Same options as `python -m gncpu bench`; writes <out>/epilogues.md/.json/.png.
+Same options as `python -m gncpu bench`; writes bench/results/epilogues.md/.json/.png
+(or under --out DIR).
 Contenders needing an argument this gncpu build lacks are reported as
 "not available in this build", not as errors.
 """
 import argparse
 import inspect
+import os
 import shlex
 import sys
 
@@ -241,7 +243,8 @@ def epilogue_plot(data, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="bench_epilogues.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_options(parser, SHAPES, QUICK_SHAPES, [c.name for c in EPILOGUE_CONTENDERS])
+    add_common_options(parser, SHAPES, QUICK_SHAPES, [c.name for c in EPILOGUE_CONTENDERS],
+                       default_out=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["python", sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
     try:

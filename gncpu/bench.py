@@ -280,7 +280,7 @@ def group_norm_plot(data, path):
 
 # --- command line -------------------------------------------------------------------
 
-def add_common_options(parser, default_shapes, quick_shapes, contender_names):
+def add_common_options(parser, default_shapes, quick_shapes, contender_names, default_out="bench-results"):
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
                         help="thread counts to run every contender at (default: 1 2)")
     parser.add_argument("--shapes", nargs="+", metavar="NxCxHxW/G",
@@ -307,8 +307,8 @@ def add_common_options(parser, default_shapes, quick_shapes, contender_names):
                              "twice this machine's L3)")
     parser.add_argument("--no-check", action="store_true", help="skip the accuracy check against the oracle")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="bench-results", metavar="DIR",
-                        help="directory for the .md/.json/.png results (default ./bench-results)")
+    parser.add_argument("--out", default=default_out, metavar="DIR",
+                        help=f"directory for the .md/.json/.png results (default {default_out})")
     parser.add_argument("--plot", action="store_true", help="also write a PNG chart (needs matplotlib)")
     parser.set_defaults(default_shapes=default_shapes, quick_shapes=quick_shapes)
 
@@ -407,11 +407,11 @@ def add_bench_command(subparsers):
     return parser
 
 
-def main(argv=None):
+def main(argv=None, default_out="bench-results"):
     """Entry point of bench/bench_group_norm.py (same options as `python -m gncpu bench`)."""
     parser = argparse.ArgumentParser(prog="bench_group_norm.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_options(parser, DEFAULT_SHAPES, QUICK_SHAPES, [c.name for c in CONTENDERS])
+    add_common_options(parser, DEFAULT_SHAPES, QUICK_SHAPES, [c.name for c in CONTENDERS], default_out)
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["python", sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
     return _run_group_norm(args)
