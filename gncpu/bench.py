@@ -291,22 +291,22 @@ def add_common_options(parser, default_shapes, quick_shapes, contender_names, de
     parser.add_argument("--only", metavar="NAMES",
                         help=f"comma-separated contenders to run (of {', '.join(contender_names)})")
     parser.add_argument("--skip", metavar="NAMES", help="comma-separated contenders not to run")
-    parser.add_argument("--offset", type=float, default=0.0,
+    parser.add_argument("--offset", type=float, default=0.0, metavar="F",
                         help="inputs are OFFSET + N(0,1); 1e4 shows who loses accuracy (default 0)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="timed seconds per shape and thread count (default 2, --quick 0.2)")
     parser.add_argument("--min-rounds", type=int, metavar="N", help="at least N rounds (default 15, --quick 3)")
     parser.add_argument("--warmup", type=int, metavar="N", help="untimed rounds first (default 3, --quick 1)")
-    parser.add_argument("--sample-ms", type=float,
+    parser.add_argument("--sample-ms", type=float, metavar="MS",
                         help="batch short calls into samples of about this many ms (default 5, --quick 2)")
-    parser.add_argument("--quiet-ms", type=float, default=50.0,
+    parser.add_argument("--quiet-ms", type=float, default=50.0, metavar="MS",
                         help="after each sample wait up to this long for the worker threads the "
                              "contender left spinning to go idle (default 50; 0 = never wait)")
-    parser.add_argument("--rotate-mib", type=float, default=64.0,
+    parser.add_argument("--rotate-mib", type=float, default=64.0, metavar="MIB",
                         help="rotate input/output slots totalling at least this many MiB (default 64, "
                              "twice this machine's L3)")
     parser.add_argument("--no-check", action="store_true", help="skip the accuracy check against the oracle")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and round orders")
     parser.add_argument("--out", default=default_out, metavar="DIR",
                         help=f"directory for the .md/.json/.png results (default {default_out})")
     parser.add_argument("--plot", action="store_true", help="also write a PNG chart (needs matplotlib)")
