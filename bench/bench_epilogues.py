@@ -25,7 +25,8 @@ import numpy as np
 
 from gncpu.bench import (CONTENDERS, Contender, Lookup, Skipped, accuracy_table, add_common_options,
                          contender_lines, floor_plot, has_accuracy, import_optional, not_run_lines,
-                         ratio_table, report_header, run_command, set_torch_threads, times_table)
+                         ratio_table, report_header, run_command, set_torch_threads, times_table,
+                         touched_empty)
 
 SHAPES = ("1x320x64x64/32", "1x640x32x32/32", "1x1280x16x16/32", "1x512x64x64/32",
           "1x128x512x512/32", "8x256x56x56/32", "1x32x64x64/1")
@@ -48,11 +49,8 @@ def _nhwc_inputs(work):
     return [np.ascontiguousarray(np.moveaxis(x, 1, -1)) for x in work.inputs]
 
 
-def _nhwc_outputs(work):
-    outs = [np.empty(np.moveaxis(x, 1, -1).shape, np.float32) for x in work.inputs]
-    for out in outs:
-        out.fill(1.0)  # fault the pages in now, not during the first timed call
-    return outs
+def _nhwc_output(work):
+    return touched_empty(np.moveaxis(work.output, 1, -1).shape)
 
 
 def _as_nchw(a):
@@ -74,24 +72,24 @@ def numpy_silu_(y, scratch):
 
 def _prepare_gncpu_silu(work, threads):
     group_norm = _gncpu_with("activation")
-    inputs, outputs = work.inputs, work.outputs
+    inputs, output = work.inputs, work.output
     g, w, b, eps = work.case.groups, work.weight, work.bias, work.eps
 
     def run(slot):
-        return group_norm(inputs[slot], g, w, b, eps, activation="silu", out=outputs[slot], num_threads=threads)
+        return group_norm(inputs[slot], g, w, b, eps, activation="silu", out=output, num_threads=threads)
     return run
 
 
 def _prepare_gncpu_numpy_silu(work, threads):
     import gncpu
 
-    inputs, outputs = work.inputs, work.outputs
+    inputs, output = work.inputs, work.output
     g, w, b, eps = work.case.groups, work.weight, work.bias, work.eps
-    scratch = np.ones(work.case.shape, np.float32)
+    scratch = touched_empty(work.case.shape)
     group_norm = gncpu.group_norm
 
     def run(slot):
-        y = group_norm(inputs[slot], g, w, b, eps, out=outputs[slot], num_threads=threads)
+        y = group_norm(inputs[slot], g, w, b, eps, out=output, num_threads=threads)
         return numpy_silu_(y, scratch)
     return run
 
@@ -130,12 +128,12 @@ def _gncpu_nhwc_runner(activation):
     def prepare(work, threads):
         group_norm = _gncpu_with("channels_last", *(["activation"] if activation else []))
         inputs = work.derived("nhwc_in", _nhwc_inputs)
-        outputs = work.derived("nhwc_out", _nhwc_outputs)
+        output = work.derived("nhwc_out", _nhwc_output)
         g, w, b, eps = work.case.groups, work.weight, work.bias, work.eps
         kwargs = {"activation": activation} if activation else {}
 
         def run(slot):
-            return _as_nchw(group_norm(inputs[slot], g, w, b, eps, channels_last=True, out=outputs[slot],
+            return _as_nchw(group_norm(inputs[slot], g, w, b, eps, channels_last=True, out=output,
                                        num_threads=threads, **kwargs))
         return run
     return prepare
@@ -148,11 +146,11 @@ def _prepare_gncpu_strided(work, threads):
     import gncpu
 
     views = [_as_nchw(a) for a in work.derived("nhwc_in", _nhwc_inputs)]
-    out_views = [_as_nchw(a) for a in work.derived("nhwc_out", _nhwc_outputs)]
+    out_view = _as_nchw(work.derived("nhwc_out", _nhwc_output))
     g, w, b, eps = work.case.groups, work.weight, work.bias, work.eps
     group_norm = gncpu.group_norm
     try:
-        group_norm(views[0], g, w, b, eps, out=out_views[0], num_threads=threads)
+        group_norm(views[0], g, w, b, eps, out=out_view, num_threads=threads)
     except (ValueError, TypeError):
         def run(slot):
             return group_norm(views[slot], g, w, b, eps, num_threads=threads)
@@ -160,7 +158,7 @@ def _prepare_gncpu_strided(work, threads):
         return run
 
     def run(slot):
-        return group_norm(views[slot], g, w, b, eps, out=out_views[slot], num_threads=threads)
+        return group_norm(views[slot], g, w, b, eps, out=out_view, num_threads=threads)
     run.detail = "out= a channels-last view"
     return run
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ._bench_contenders import (CONTENDERS, Case, Contender, Skipped, Workload, as_numpy, import_optional,
-                                make_workload, set_torch_threads)
+                                make_workload, set_torch_threads, touched_empty)
 from ._bench_report import (Lookup, accuracy_table, contender_lines, environment, floor_table, fmt_ratio,
                             geomean, has_accuracy, load_average, not_run_lines, plot_ratios, ratio_table,
                             report_header, scaling_table, times_table, write_json)
@@ -29,7 +29,7 @@ __all__ = [
     "add_bench_command", "main", "run_command", "add_common_options",
     # the engine, for other suites (bench/bench_epilogues.py)
     "run_suite", "Settings", "Case", "Workload", "Contender", "Skipped", "CONTENDERS", "import_optional",
-    "set_torch_threads", "parse_cases", "DEFAULT_SHAPES", "QUICK_SHAPES",
+    "set_torch_threads", "touched_empty", "parse_cases", "DEFAULT_SHAPES", "QUICK_SHAPES",
     # reports
     "group_norm_report", "floor_plot", "Lookup", "times_table", "ratio_table", "accuracy_table",
     "has_accuracy", "not_run_lines", "contender_lines", "report_header",
@@ -65,7 +65,7 @@ class Settings:
     budget: float = 2.0          # seconds of timed rounds per (shape, threads)
     sample_time: float = 5e-3    # seconds per sample (calls are batched up to this)
     quiet_limit: float = 0.05    # wait up to this long for spinning worker threads after a sample
-    rotate_bytes: int = 64 << 20  # bytes (inputs + outputs) one pass over the slots touches
+    rotate_bytes: int = 64 << 20  # bytes of input one pass over the slots reads
     max_slots: int = 1024
     offset: float = 0.0          # inputs are offset + N(0, 1)
     seed: int = 0
@@ -151,7 +151,7 @@ def run_suite(cases, contenders, threads_list, settings, *, oracle=_oracle, log=
     runs = []
     total = len(cases) * len(threads_list)
     for case in cases:
-        slots = slot_count(2 * case.nbytes, settings.rotate_bytes, settings.max_slots)
+        slots = slot_count(case.nbytes, settings.rotate_bytes, settings.max_slots)
         work = make_workload(case, slots, offset=settings.offset, seed=settings.seed)
         expected = {}
         for threads in threads_list:
@@ -303,7 +303,7 @@ def add_common_options(parser, default_shapes, quick_shapes, contender_names, de
                         help="after each sample wait up to this long for the worker threads the "
                              "contender left spinning to go idle (default 50; 0 = never wait)")
     parser.add_argument("--rotate-mib", type=float, default=64.0, metavar="MIB",
-                        help="rotate input/output slots totalling at least this many MiB (default 64, "
+                        help="rotate input slots totalling at least this many MiB (default 64, "
                              "twice this machine's L3)")
     parser.add_argument("--no-check", action="store_true", help="skip the accuracy check against the oracle")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and round orders")

@@ -64,12 +64,13 @@ def test_slot_count(per_slot, rotate, cap, expected):
     assert slot_count(per_slot, rotate, cap) == expected
 
 
-def test_workload_slots_differ_and_outputs_are_written():
+def test_workload_slots_differ_and_the_output_is_written():
     work = make_workload(Case.parse("1x8x4x4/2"), 3, offset=100.0, seed=1)
     assert work.slots == 3
     assert not np.array_equal(work.inputs[0], work.inputs[1])
     assert abs(float(work.inputs[0].mean()) - 100.0) < 1.0
-    assert all(o.shape == (1, 8, 4, 4) and o.dtype == np.float32 for o in work.outputs)
+    assert work.output.shape == (1, 8, 4, 4) and work.output.dtype == np.float32
+    assert np.all(work.output == 1.0)  # pages touched before any timing
     assert work.derived("k", lambda w: [w.slots]) is work.derived("k", lambda w: ["other"])
 
 
