@@ -193,6 +193,7 @@ def _peers(lookup):
 def _targets(lookup):
     """The figures the speed issue states its targets in, at 2 threads."""
     t = lookup.main_threads()
+    threads = f"{t} thread{'s' if t > 1 else ''}"
     have = set(lookup.cases)
     lines = []
 
@@ -201,15 +202,15 @@ def _targets(lookup):
 
     sd = [c for c in SD_SHAPES if c in have]
     if sd:
-        bullet(f"gncpu / copy floor, geomean over the cache-resident SD shapes ({', '.join(sd)}), {t} threads",
+        bullet(f"gncpu / copy floor, geomean over the cache-resident SD shapes ({', '.join(sd)}), {threads}",
                fmt_ratio(geomean([lookup.ratio(c, t, "gncpu", "floor") for c in sd])))
     if BIG_GROUP_SHAPE in have:
-        bullet(f"gncpu / copy floor on {BIG_GROUP_SHAPE}, {t} threads",
+        bullet(f"gncpu / copy floor on {BIG_GROUP_SHAPE}, {threads}",
                fmt_ratio(lookup.ratio(BIG_GROUP_SHAPE, t, "gncpu", "floor")))
     for name in _peers(lookup):
         measured = [r for r in (lookup.ratio(c, t, name, "gncpu") for c in lookup.cases) if r]
         if measured:
-            bullet(f"gncpu speedup vs {lookup.label(name)}, geomean over {len(measured)} shapes, {t} threads "
+            bullet(f"gncpu speedup vs {lookup.label(name)}, geomean over {len(measured)} shapes, {threads} "
                    f"(min {fmt_ratio(min(measured))}, max {fmt_ratio(max(measured))})",
                    fmt_ratio(geomean(measured)))
         else:
@@ -227,7 +228,7 @@ def _targets(lookup):
         for name, how in (("gncpu", "out= given"), ("gncpu-alloc", "allocating its output")):
             entry = lookup.entry(TINY_SHAPE, t, name)
             if entry and entry.get("status") == "ok":
-                bullet(f"whole-call median of gncpu.group_norm on {TINY_SHAPE}, {how}, {t} threads (µs)",
+                bullet(f"whole-call median of gncpu.group_norm on {TINY_SHAPE}, {how}, {threads} (µs)",
                        f"{entry['median_us']:.2f} (IQR {entry['q1_us']:.2f}–{entry['q3_us']:.2f})")
     return lines
 
@@ -270,7 +271,7 @@ def floor_plot(data, path, title, names=None):
     panels = []
     for t in sorted(lookup.threads, reverse=True):
         series = {lookup.label(n): [lookup.ratio(c, t, n, "floor") for c in lookup.cases] for n in names}
-        panels.append((f"{t} thread(s)", lookup.cases, series))
+        panels.append((f"{t} thread{'s' if t > 1 else ''}", lookup.cases, series))
     plot_ratios(path, title, panels)
 
 
