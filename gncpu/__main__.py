@@ -1,4 +1,4 @@
-"""Command line: `python -m gncpu info | demo | run MODEL.onnx`."""
+"""Command line: `python -m gncpu info | demo | bench | run MODEL.onnx`."""
 import argparse
 import sys
 
@@ -58,6 +58,9 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="show the build and run-time configuration").set_defaults(fn=_info)
     sub.add_parser("demo", help="check accuracy and time one SD-sized GroupNorm").set_defaults(fn=_demo)
+    from .bench import add_bench_command
+
+    add_bench_command(sub)
     # `run` parses its own arguments in gncpu.onnx.cli, imported only when
     # used: importing onnx costs ~0.3 s, and onnx is an optional extra.
     run = sub.add_parser("run", help="run an ONNX model natively and report what ran how "
