@@ -14,6 +14,7 @@ from onnx.backend.test.loader import load_model_tests  # noqa: E402
 
 from gncpu.onnx import backend, ops, registry  # noqa: E402
 from gncpu.onnx.graph import Graph, graph_from_model  # noqa: E402
+from gncpu.onnx.plan import native_covers  # noqa: E402
 
 
 class NativeOnlyBackend(backend.GncpuBackend):
@@ -24,7 +25,7 @@ def _natively_implemented(graph):
     for node in graph.nodes:
         if not (node.domain == "" and node.op_type in ("If", "Loop")):
             entry = registry.lookup_entry(node.op_type, node.domain, graph.opset(node.domain))
-            if entry is None or (entry.supports is not None and not entry.supports(node)):
+            if not native_covers(entry, node):
                 return False
         for value in node.attrs.values():
             if isinstance(value, Graph) and not _natively_implemented(value):

@@ -14,6 +14,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without onnx ins
         'gncpu.onnx needs the "onnx" package, which is not installed; '
         'install it with: pip install "gncpu[onnx]"') from exc
 
-from .session import InferenceSession, NodeArg  # noqa: E402
+from .errors import InvalidModelError, NodeExecutionError  # noqa: E402
+from .session import FallbackWarning, InferenceSession, NodeArg  # noqa: E402
 
-__all__ = ["InferenceSession", "NodeArg"]
+__all__ = ["InferenceSession", "NodeArg", "InvalidModelError", "NodeExecutionError", "FallbackWarning"]

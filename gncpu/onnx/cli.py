@@ -38,7 +38,8 @@ def _add_arguments(parser):
     parser.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                         help="size of symbolic dim NAME for random inputs (default 1; repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs after the first (default 1)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="number of runs (default 1); the first, which warms caches, is reported apart")
     parser.add_argument("--threads", type=int, default=None, help="threads for gncpu kernels and BLAS")
     parser.add_argument("--profile", action="store_true", help="report time per op type")
     parser.add_argument("--compare-reference", action="store_true",
@@ -92,7 +93,7 @@ def run_command(args) -> int:
         first = time.perf_counter() - start
         progress.finish()
         times = []
-        for _ in range(args.repeat - 1 if args.repeat > 1 else 0):
+        for _ in range(args.repeat - 1):
             start = time.perf_counter()
             session.run(None, feed)
             times.append(time.perf_counter() - start)
@@ -258,3 +259,7 @@ class _Progress:
         if self.shown and self.tty:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,7 @@ def control_flow_kernel(node: Node, opsets: Dict[str, int], outer: Set[str]):
             if cond is None or np.size(cond) != 1:
                 raise ValueError(f"If condition must hold exactly one value, got shape {np.shape(cond)}")
             plan = then_plan if bool(np.asarray(cond).reshape(-1)[0]) else else_plan
-            scope = plan.execute(dict(env))
+            scope = plan.execute({**env, **plan.graph.initializers})
             return tuple(scope[name] for name in plan.output_names)
 
         return Kernel("control", run_if, "If")
@@ -41,7 +41,7 @@ def control_flow_kernel(node: Node, opsets: Dict[str, int], outer: Set[str]):
         scans = []
         iteration = 0
         while keep_going and (max_trips is None or iteration < max_trips):
-            scope = dict(env)
+            scope = {**env, **body.initializers}
             scope[body_inputs[0]] = np.array(iteration, dtype=np.int64)
             scope[body_inputs[1]] = np.array(keep_going, dtype=bool)
             for name, value in zip(body_inputs[2:], carried):

@@ -98,7 +98,6 @@ def _native_kernel(node: Node, entry: registry.OpEntry) -> Kernel:
     attrs = dict(node.attrs)
     if entry.wants_output_count:
         attrs["_num_outputs"] = len(node.outputs)
-    _check_attributes(node, fn, attrs)
 
     def run(args, env):
         result = fn(*args, **attrs)
@@ -107,20 +106,39 @@ def _native_kernel(node: Node, entry: registry.OpEntry) -> Kernel:
     return Kernel("native", run, node.op_type)
 
 
-def _check_attributes(node: Node, fn: Callable, attrs: dict) -> None:
-    """Reject at load time attributes the implementation does not know, rather
-    than failing with a TypeError halfway through a run."""
+def _accepted_attributes(fn: Callable) -> Optional[set]:
+    """Keyword names `fn` takes, or None if it takes any (**kwargs)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return
+        return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def _schema_attributes(node: Node, version: int) -> Optional[set]:
+    """Attribute names the ONNX schema defines for this node, or None if onnx has no schema for it."""
+    import onnx
+
+    try:
+        schema = onnx.defs.get_schema(node.op_type, version, node.domain)
+    except Exception:  # SchemaError: not a standard op (custom domain, or unknown)
+        return None
+    return set(schema.attributes)
+
+
+def _check_attributes(node: Node, version: int) -> None:
+    """Reject at load time attributes the ONNX spec does not define for this op,
+    naming them, rather than failing with a TypeError halfway through a run."""
+    defined = _schema_attributes(node, version)
+    if defined is None:
         return
-    unknown = sorted(set(attrs) - set(params))
+    unknown = sorted(set(node.attrs) - defined)
     if unknown:
         raise InvalidModelError(
-            f"{node.describe()} has attribute(s) {unknown} that {node.op_type} does not define "
-            f"(known: {sorted(p for p in params if not p.startswith('_') and params[p].kind is inspect.Parameter.KEYWORD_ONLY)})")
+            f"{node.describe()} has attribute(s) {unknown} that {node.op_type} (opset {version}) does not define; "
+            f"it defines {sorted(defined)}")
 
 
 def _reference_kernel(node: Node, opsets: Dict[str, int]) -> Optional[Kernel]:
@@ -141,13 +159,25 @@ def _reference_kernel(node: Node, opsets: Dict[str, int]) -> Optional[Kernel]:
     return Kernel("fallback", run, node.op_type)
 
 
+def native_covers(entry: Optional[registry.OpEntry], node: Node) -> bool:
+    """Whether the native implementation handles this node: it exists, says it
+    supports the node, and takes every attribute the node sets (an attribute
+    added by a newer opset than the implementation knows sends the node to the
+    reference fallback instead of failing)."""
+    if entry is None or (entry.supports is not None and not entry.supports(node)):
+        return False
+    accepted = _accepted_attributes(entry.fn)
+    return accepted is None or set(node.attrs) <= accepted
+
+
 def bind_kernel(node: Node, opsets: Dict[str, int], outer: Set[str]) -> Kernel:
     version = opsets.get(node.domain, 1 if node.domain else 0)
     if node.domain == "" and node.op_type in CONTROL_FLOW:
         from .control_flow import control_flow_kernel
         return control_flow_kernel(node, opsets, outer)
+    _check_attributes(node, version)
     entry = registry.lookup_entry(node.op_type, node.domain, version)
-    if entry is not None and (entry.supports is None or entry.supports(node)):
+    if native_covers(entry, node):
         return _native_kernel(node, entry)
     kernel = _reference_kernel(node, opsets)
     if kernel is not None:
@@ -281,10 +311,12 @@ def _try_fold(node: Node, known: Dict[str, np.ndarray], graph: Graph, static_sha
     if any(isinstance(known[name], np.ndarray) and known[name].nbytes > (64 << 20) for name in node.inputs if name):
         return None
     entry = registry.lookup_entry(node.op_type, node.domain, graph.opsets.get(node.domain, 0))
-    if entry is None or (entry.supports is not None and not entry.supports(node)):
+    # Ops without a native implementation fold through onnx.reference: slow, but once, at
+    # load (e.g. BiT's weight standardization, a training-mode BatchNormalization on weights).
+    kernel = _native_kernel(node, entry) if native_covers(entry, node) else _reference_kernel(node, graph.opsets)
+    if kernel is None:
         return None
     try:
-        kernel = _native_kernel(node, entry)
         args = [known[name] if name else None for name in node.inputs]
         results = kernel.run(args, {})
     except Exception:
@@ -307,3 +339,15 @@ def remove_dead_nodes(graph: Graph) -> int:
     removed = len(graph.nodes) - len(kept)
     graph.nodes = kept[::-1]
     return removed
+
+
+def prune_initializers(graph: Graph) -> int:
+    """Drop initializers nothing reads any more (weights consumed only by folded
+    or fused nodes), so the session does not hold them. Returns how many."""
+    needed = {v.name for v in graph.outputs}
+    for node in graph.nodes:
+        needed.update(node_reads(node))
+    unused = [name for name in graph.initializers if name not in needed]
+    for name in unused:
+        del graph.initializers[name]
+    return len(unused)

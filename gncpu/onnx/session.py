@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from . import context, fusion, ops
 from .errors import InvalidModelError
 from .graph import Graph, ValueInfo, graph_from_model, normalize_domain
-from .plan import GROUP_NORM_FAMILY, Plan, fold_constants, remove_dead_nodes, topological_order
+from .plan import GROUP_NORM_FAMILY, Plan, fold_constants, prune_initializers, remove_dead_nodes, topological_order
 
 class FallbackWarning(UserWarning):
     """Some nodes run through onnx.reference (correct, but slow)."""
@@ -99,25 +99,40 @@ class InferenceSession:
     """Load an ONNX model once, run it many times.
 
     model: path, serialized bytes or onnx.ModelProto.
-    num_threads: threads for gncpu kernels and BLAS during run() (None: library
-        defaults; BLAS is limited through threadpoolctl when it is installed).
+    num_threads: threads a run uses (None: gncpu.get_num_threads()). Convs and
+        matmuls split their blocks over that many threads while BLAS is held to
+        one thread per call (through threadpoolctl; without it BLAS threads
+        itself); GroupNorm kernels get it as their num_threads.
     fuse: rewrite GroupNorm patterns into native nodes (default True).
     allow_fallback: run ops without a native implementation through
         onnx.reference (default True); False makes such models fail to load.
+    providers: accepted for code written against onnxruntime; gncpu runs on
+        the CPU, so the list must name "CPUExecutionProvider".
     """
 
     def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True,
-                 allow_fallback: bool = True):
+                 allow_fallback: bool = True, providers: Optional[Sequence] = None):
+        if providers is not None:
+            names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
+            if "CPUExecutionProvider" not in names:
+                raise ValueError(f"providers={list(names)}: gncpu.onnx runs on the CPU only; "
+                                 f"pass providers=['CPUExecutionProvider'] or omit providers")
         if num_threads is not None:
             from .._config import _count
             num_threads = _count(num_threads, "num_threads")
         self._num_threads = num_threads
         start = time.perf_counter()
-        self._model = load_model_proto(model)
+        proto = load_model_proto(model)
         try:
-            graph = graph_from_model(self._model)
+            graph = graph_from_model(proto)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise InvalidModelError(f"cannot read the model's graph (corrupt tensor or attribute?): {exc}") from exc
+        # Keep the metadata, not the proto: its tensors would double the weights' memory.
+        self._meta = {"producer_name": proto.producer_name, "producer_version": proto.producer_version,
+                      "domain": proto.domain, "graph_name": proto.graph.name, "description": proto.doc_string,
+                      "version": proto.model_version,
+                      "custom_metadata_map": {p.key: p.value for p in proto.metadata_props}}
+        del proto
         ops.load_all()
         self._declared_inputs = list(graph.inputs)
         self._declared_outputs = list(graph.outputs)
@@ -131,12 +146,17 @@ class InferenceSession:
         if fuse:
             self._fusion_report = dict(fusion.fuse_graph(graph) or {})
         self._dead_removed = remove_dead_nodes(graph)
+        self._initializers_pruned = prune_initializers(graph)
         self._graph = graph
         self._plan = Plan(graph)
+        if any(s.kernel.label in ("Erf", "Gelu") and s.kernel.kind == "native" for s in self._plan.steps):
+            # Import scipy's erf now (~0.2 s) rather than inside the first run's timing.
+            from .ops.elementwise import erf_array
+            erf_array(np.zeros(1, np.float32))
         self._load_seconds = time.perf_counter() - start
         self._last_output_shapes: Dict[str, tuple] = {}
         self._last_profile: Optional[Dict[str, dict]] = None
-        self._threadpools = _threadpool_controller() if num_threads is not None else None
+        self._threadpools = _threadpool_controller()
         fallback = Counter(s.kernel.label for s in self._plan.steps if s.kernel.kind == "fallback")
         if fallback and not allow_fallback:
             raise InvalidModelError(f"no native implementation for {dict(fallback)} and allow_fallback=False")
@@ -153,10 +173,7 @@ class InferenceSession:
         return [_node_arg(v) for v in self._declared_outputs]
 
     def get_modelmeta(self):
-        m = self._model
-        return {"producer_name": m.producer_name, "producer_version": m.producer_version,
-                "domain": m.domain, "graph_name": m.graph.name, "description": m.doc_string,
-                "version": m.model_version, "custom_metadata_map": {p.key: p.value for p in m.metadata_props}}
+        return dict(self._meta)
 
     def run(self, output_names: Optional[Sequence[str]], input_feed: Dict[str, object], run_options=None) -> list:
         """Outputs named by `output_names` (None: all, in graph order) for `input_feed`."""
@@ -203,9 +220,10 @@ class InferenceSession:
         gn_fallback = sum(1 for s in steps if _op_key(s.node) in GROUP_NORM_FAMILY and s.kernel.kind != "native")
         report = self._fusion_report
         return {
-            "producer": f"{self._model.producer_name} {self._model.producer_version}".strip(),
+            "producer": f"{self._meta['producer_name']} {self._meta['producer_version']}".strip(),
             "opsets": dict(self._graph.opsets),
             "nodes_in_file": self._nodes_in_file,
+            "op_types_in_file": {(f"{d}::{op}" if d else op): n for (d, op), n in self._op_types_in_file.items()},
             "nodes_folded": self._folded,
             "nodes_removed_dead": self._dead_removed,
             "nodes_run": len(steps),
@@ -271,16 +289,40 @@ class InferenceSession:
         feeds = self._check_feeds(input_feed)
         env = dict(self._graph.initializers)
         env.update(feeds)
-        with context.using_threads(self._num_threads), _blas_limit(self._threadpools, self._num_threads):
+        if self._threadpools is not None:
+            # Ops split big products over our own threads with BLAS held to one thread each
+            # (see ops/parallel.py); without threadpoolctl BLAS does its own threading.
+            op_threads = self._num_threads if self._num_threads is not None else _default_threads()
+            limit = self._threadpools.limit(limits=1, user_api="blas")
+        else:
+            op_threads, limit = 1, _NoLimit()
+        with context.using_threads(self._num_threads, op_threads), limit:
             env = self._plan.execute(env, names, on_step)
         results = []
         for name in names:
             value = env[name]
-            if value is self._graph.initializers.get(name) or value is feeds.get(name):
-                value = np.array(value, copy=True)  # never hand out the session's or the caller's buffers
+            if isinstance(value, np.ndarray) and self._aliases_held_buffer(value, feeds):
+                value = value.copy()  # never hand out the session's or the caller's buffers
             results.append(value)
         self._last_output_shapes = {name: np.shape(v) for name, v in zip(names, results)}
         return results
+
+    def _aliases_held_buffer(self, value, feeds) -> bool:
+        """Whether `value` is (a view of) an initializer or a feed: Identity,
+        Reshape and friends return views, and writing into such an output
+        would change the model or the caller's array."""
+        base = value
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        held = [a for a in self._graph.initializers.values() if isinstance(a, np.ndarray)]
+        held += [a for a in feeds.values() if isinstance(a, np.ndarray)]
+        for array in held:
+            root = array
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            if root is base or np.may_share_memory(value, array):
+                return True
+        return False
 
     def _check_output_names(self, output_names):
         available = [v.name for v in self._declared_outputs]
@@ -347,12 +389,24 @@ def _describe_info(info: ValueInfo) -> str:
     return f"{info.name!r} {_type_string(info.dtype)} {_shape_str(info.shape)}"
 
 
+_controller = None
+
+
 def _threadpool_controller():
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController()
+    """One threadpoolctl controller per process (building one scans the loaded libraries)."""
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
+        _controller = ThreadpoolController()
+    return _controller
+
+
+def _default_threads():
+    from .._config import get_num_threads
+    return get_num_threads()
 
 
 class _NoLimit:
@@ -362,8 +416,3 @@ class _NoLimit:
     def __exit__(self, *exc):
         return False
 
-
-def _blas_limit(controller, num_threads):
-    if controller is None or num_threads is None:
-        return _NoLimit()
-    return controller.limit(limits=num_threads, user_api="blas")

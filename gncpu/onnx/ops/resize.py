@@ -5,6 +5,8 @@ coordinate_transformation_mode; nearest gathers along that axis, linear
 blends the two neighbours. Cubic, antialiasing, tf_crop_and_resize and the
 aspect-ratio policies run through the reference fallback.
 """
+import itertools
+
 import numpy as np
 
 from ..registry import register
@@ -84,6 +86,10 @@ def _resize(x, scales, sizes, axes, mode, coordinate_mode, nearest_mode):
         raise ValueError("Resize needs scales or sizes")
     if len(factors) != len(axes):
         raise ValueError(f"Resize: {len(factors)} scales/sizes for {len(axes)} axes")
+    if mode == "nearest":
+        repeated = _integer_repeat(x, axes, out_sizes, factors, coordinate_mode, nearest_mode)
+        if repeated is not None:
+            return repeated
     work = np.float32 if (mode == "linear" and x.dtype == np.float16) else None
     y = x.astype(work) if work else x
     for axis, out_size, factor in zip(axes, out_sizes, factors):
@@ -97,6 +103,38 @@ def _resize(x, scales, sizes, axes, mode, coordinate_mode, nearest_mode):
     if mode == "linear" and np.issubdtype(x.dtype, np.integer):
         return np.rint(y).astype(x.dtype)
     return y.astype(x.dtype, copy=False)
+
+
+def _integer_repeat(x, axes, out_sizes, factors, coordinate_mode, nearest_mode):
+    """Nearest upsampling by whole factors (SD's 2x upsample) where every output
+    index i reads input i // r: written as prod(r) strided copies of x into the
+    output viewed as (..., in, r, ...), about twice as fast as gathers per axis."""
+    repeats = {}
+    for axis, out_size, factor in zip(axes, out_sizes, factors):
+        in_size = x.shape[axis]
+        if out_size == in_size:
+            continue
+        if out_size % in_size:
+            return None
+        r = out_size // in_size
+        coords = _source_coordinates(out_size, in_size, factor, coordinate_mode)
+        if not np.array_equal(_nearest_index(coords, in_size, nearest_mode), np.arange(out_size) // r):
+            return None
+        repeats[axis] = r
+    if not repeats:
+        return None
+    view_shape = []
+    for axis, size in enumerate(x.shape):
+        view_shape += [size, repeats[axis]] if axis in repeats else [size]
+    y = np.empty([size * repeats.get(axis, 1) for axis, size in enumerate(x.shape)], dtype=x.dtype)
+    view = y.reshape(view_shape)
+    source = x.reshape([d for axis, size in enumerate(x.shape) for d in ((size, 1) if axis in repeats else (size,))])
+    for offsets in itertools.product(*(range(repeats[axis]) for axis in sorted(repeats))):
+        index, position = [], iter(offsets)
+        for axis in range(x.ndim):
+            index += [slice(None), slice(next(position), None, repeats[axis])] if axis in repeats else [slice(None)]
+        view[tuple(index)] = source
+    return y
 
 
 @register("Resize", 11, supports=resize_supported)
