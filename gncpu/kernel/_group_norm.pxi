@@ -13,20 +13,21 @@
 #
 # Layouts. NCHW: a (sample, group) is one contiguous run of (C/G)*HW
 # elements, cut into CHUNK-element chunks. NHWC: a sample is S rows of C
-# channels; blocks of ROWS rows are reduced per channel (vectorized over C),
+# channels; blocks of rows are reduced per channel (vectorized over C),
 # then channels merge into their group.
 #
 # Epilogue, fused into the apply loop: y = act((x - mean) * rstd * w + b),
 # and optionally x is first replaced by x + skip + skip_bias (SkipGroupNorm),
 # materialized in `buf` (the caller's sum output, or the output itself).
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport sqrt, isfinite, exp, erfc, tanh
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 cimport numpy as cnp
 
-from gncpu.kernel._openmp cimport GNCPU_HAVE_OPENMP, omp_get_max_threads
+from gncpu.kernel._openmp cimport (GNCPU_HAVE_OPENMP, gncpu_barrier, omp_get_max_threads,
+                                   omp_get_num_threads)
 
 cnp.import_array()
 
@@ -55,11 +56,11 @@ cdef enum:
     LANES = 64
     # 4096 float32 = 16 KiB: a residual chunk's stats pass reads it from L1.
     CHUNK = 4096
-    # NHWC rows per stats block: each per-channel accumulator sums <= 64
-    # values, as an NCHW lane does.
+    # NHWC geometry (see GroupsNHWC): a line is at least LINE elements; a
+    # statistics block at least ROWS rows and about NHWC_BLOCK elements.
+    LINE = 512
     ROWS = 64
-    # Elements per apply block: the activation pass re-reads it from L1.
-    APPLY_BLOCK = 1024
+    NHWC_BLOCK = 8192
     COPY_BLOCK = 65536
 
 cdef enum:
@@ -149,6 +150,27 @@ cdef inline void reset_moments(Moments* m) noexcept nogil:
     m.m2 = 0
 
 
+cdef inline Moments combine_equal(const Moments* parts, Py_ssize_t k, Py_ssize_t stride) noexcept nogil:
+    """Moments of k parts of equal count, parts[0], parts[stride], ...: the
+    mean of the means, and M2 = sum of M2 + count * sum of the squared
+    deviations of the means. Unlike k - 1 Chan merges it has no division in
+    the loop (a sequential merge costs ~50 cycles of dependent divisions)."""
+    cdef Py_ssize_t i
+    cdef double mean = 0, m2 = 0, spread = 0, d
+    cdef Moments m
+    for i in range(k):
+        mean += parts[i * stride].mean
+        m2 += parts[i * stride].m2
+    mean /= k
+    for i in range(k):
+        d = parts[i * stride].mean - mean
+        spread += d * d
+    m.count = parts[0].count * k
+    m.mean = mean
+    m.m2 = m2 + parts[0].count * spread
+    return m
+
+
 cdef inline double inv_std(Moments m, double eps) noexcept nogil:
     return 1.0 / sqrt(m.m2 / m.count + eps)
 
@@ -156,8 +178,8 @@ cdef inline double inv_std(Moments m, double eps) noexcept nogil:
 cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t width,
                                   Py_ssize_t stride) noexcept nogil:
     """Two-pass float64 moments of `rows` runs of `width` elements, `stride`
-    apart: the fallback when the fast sums overflowed (|x - centre| beyond
-    ~1e19 in float32, where its square is not representable)."""
+    apart: the fallback when the fast sums cannot be trusted (see
+    needs_exact_moments)."""
     cdef double s = 0, ss = 0, d
     cdef Py_ssize_t r, i
     cdef Moments m
@@ -174,9 +196,20 @@ cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t wid
     return m
 
 
-cdef inline bint overflowed(Moments m) noexcept nogil:
-    # finite data (finite mean) whose squared deviations overflowed
-    return isfinite(m.mean) and not isfinite(m.m2)
+cdef inline bint needs_exact_moments(const real* x, Moments m, double eps) noexcept nogil:
+    """True when the working-precision sums may be wrong: they overflowed
+    (|x - centre| beyond ~1e19 in float32, or values near the float32
+    maximum whose differences overflow), or the data has NaN/Inf (the float64
+    pass then reproduces NaN); or, in float32, the variance is so small that
+    squared deviations may have underflowed (|x - mean| below ~1e-19) and eps
+    does not dominate it. Never true for ordinary data: it costs one more
+    pass over the group."""
+    if not (isfinite(m.mean) and isfinite(m.m2)):
+        return True
+    if real is float:
+        return m.m2 / m.count + eps < 1e-30
+    else:
+        return False
 
 
 # ---------------------------------------------------------------- epilogue
@@ -206,48 +239,76 @@ cdef inline real relu(real v) noexcept nogil:
     return 0 if v < 0 else v  # NaN stays NaN
 
 
-cdef inline void activate(real* y, Py_ssize_t n, int activation) noexcept nogil:
-    """In place on a block that is in L1; one loop per activation so each
-    vectorizes on its own."""
-    cdef Py_ssize_t i
-    if activation == ACT_SILU:
-        for i in range(n):
-            y[i] = silu(y[i])
-    elif activation == ACT_RELU:
-        for i in range(n):
-            y[i] = relu(y[i])
-    elif activation == ACT_GELU:
-        for i in range(n):
-            y[i] = gelu(y[i])
-    elif activation == ACT_GELU_TANH:
-        for i in range(n):
-            y[i] = gelu_tanh(y[i])
+# The apply loops: one loop per activation, each a single expression, so
+# every one vectorizes on its own and the activation's arithmetic overlaps
+# the loads and stores of the same loop (a separate activation pass would
+# serialize the memory-bound and the compute-bound work).
+
+cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size) noexcept nogil:
+    """Elements of `size` bytes from p to the next 64-byte boundary (0 for short runs).
+    Large NumPy buffers start 16 bytes past one: without peeling, every
+    vector store would straddle two cache lines."""
+    if n < 256:  # short runs: the peeled head would cost more than the split stores
+        return 0
+    return <Py_ssize_t>(((64 - (<size_t>p) % 64) % 64) // size)
 
 
 cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, real a, real b,
                                int activation) noexcept nogil:
-    """y = act((x - head) * a + b) for one channel's run (NCHW)."""
-    cdef Py_ssize_t i, blk, start, stop
-    for blk in range((n + APPLY_BLOCK - 1) // APPLY_BLOCK):
-        start = blk * APPLY_BLOCK
-        stop = min(n, start + APPLY_BLOCK)
-        for i in range(start, stop):
+    """y = act((x - head) * a + b) for one channel's run (NCHW), the stores
+    aligned to 64 bytes after a short head."""
+    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real))
+    affine_scalar_run(x, y, peel, head, a, b, activation)
+    affine_scalar_run(x + peel, y + peel, n - peel, head, a, b, activation)
+
+
+cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* head,
+                              const real* a, const real* b, int activation) noexcept nogil:
+    """y = act((x - head) * a + b) along one row of channels (NHWC), with
+    per-channel coefficients, the stores aligned to 64 bytes after a short head."""
+    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real))
+    affine_table_run(x, y, peel, head, a, b, activation)
+    affine_table_run(x + peel, y + peel, n - peel, head + peel, a + peel, b + peel, activation)
+
+
+cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real head, real a,
+                                   real b, int activation) noexcept nogil:
+    cdef Py_ssize_t i
+    if activation == ACT_NONE:
+        for i in range(n):
             y[i] = (x[i] - head) * a + b
-        if activation != ACT_NONE:
-            activate(y + start, stop - start, activation)
+    elif activation == ACT_SILU:
+        for i in range(n):
+            y[i] = silu((x[i] - head) * a + b)
+    elif activation == ACT_RELU:
+        for i in range(n):
+            y[i] = relu((x[i] - head) * a + b)
+    elif activation == ACT_GELU:
+        for i in range(n):
+            y[i] = gelu((x[i] - head) * a + b)
+    else:
+        for i in range(n):
+            y[i] = gelu_tanh((x[i] - head) * a + b)
 
 
-cdef inline void affine_row(const real* x, real* y, Py_ssize_t c, const real* head,
-                            const real* a, const real* b, int activation) noexcept nogil:
-    """y = act((x - head) * a + b) along one row of C channels (NHWC)."""
-    cdef Py_ssize_t i, blk, start, stop
-    for blk in range((c + APPLY_BLOCK - 1) // APPLY_BLOCK):
-        start = blk * APPLY_BLOCK
-        stop = min(c, start + APPLY_BLOCK)
-        for i in range(start, stop):
+cdef inline void affine_table_run(const real* x, real* y, Py_ssize_t n, const real* head,
+                                  const real* a, const real* b, int activation) noexcept nogil:
+    cdef Py_ssize_t i
+    if activation == ACT_NONE:
+        for i in range(n):
             y[i] = (x[i] - head[i]) * a[i] + b[i]
-        if activation != ACT_NONE:
-            activate(y + start, stop - start, activation)
+    elif activation == ACT_SILU:
+        for i in range(n):
+            y[i] = silu((x[i] - head[i]) * a[i] + b[i])
+    elif activation == ACT_RELU:
+        for i in range(n):
+            y[i] = relu((x[i] - head[i]) * a[i] + b[i])
+    elif activation == ACT_GELU:
+        for i in range(n):
+            y[i] = gelu((x[i] - head[i]) * a[i] + b[i])
+    else:
+        for i in range(n):
+            y[i] = gelu_tanh((x[i] - head[i]) * a[i] + b[i])
 
 
 cdef inline void affine_coefficients(double mean, double rstd, const real* weight,
@@ -329,8 +390,9 @@ cdef inline real* shift_mut(real* p, Py_ssize_t by) noexcept nogil:
     return p + by if p != NULL else NULL
 
 
-cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m) noexcept nogil:
-    if overflowed(m):
+cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m,
+                                 double eps) noexcept nogil:
+    if needs_exact_moments(src, m, eps):
         return exact_moments(src, 1, length, length)
     return m
 
@@ -352,39 +414,68 @@ cdef inline void normalize_group(const real* x, real* y, const real* skip, real*
         merge_moments(&m, chunk_stats(x + offset, shift(skip, offset),
                                       shift(skip_bias, first_channel), shift_mut(buf, offset),
                                       start, min(start + CHUNK, g.length), g.hw))
-    m = finish_group(src, g.length, m)
-    apply_range(src, y + offset, 0, g.length, g.hw, shift(weight, first_channel),
-                shift(bias, first_channel), m, g.eps, g.activation)
+    m = finish_group(src, g.length, m, g.eps)
+    # Apply the chunks last-read first: a group larger than L2 then still
+    # finds its most recent ~L2 worth of chunks there.
+    for k in range(g.chunks_per_group - 1, -1, -1):
+        start = k * CHUNK
+        apply_range(src, y + offset, start, min(start + CHUNK, g.length), g.hw,
+                    shift(weight, first_channel), shift(bias, first_channel), m, g.eps,
+                    g.activation)
 
 
-cdef inline void stats_chunk_at(const real* x, const real* skip, real* buf,
-                                const real* skip_bias, Py_ssize_t k, GroupsNCHW* g,
-                                Moments* parts) noexcept nogil:
-    cdef Py_ssize_t p = k // g.chunks_per_group
-    cdef Py_ssize_t start = (k % g.chunks_per_group) * CHUNK
-    cdef Py_ssize_t offset = p * g.length
-    parts[k] = chunk_stats(x + offset, shift(skip, offset),
-                           shift(skip_bias, (p % g.groups) * g.channels_per_group),
-                           shift_mut(buf, offset), start, min(start + CHUNK, g.length), g.hw)
-
-
-cdef inline void merge_group_at(const real* src, Py_ssize_t p, GroupsNCHW* g,
-                                Moments* parts) noexcept nogil:
-    # parts[p * chunks_per_group] receives the group's moments
+cdef inline Moments group_moments_from_chunks(const real* src, Py_ssize_t p, GroupsNCHW* g,
+                                              const Moments* parts) noexcept nogil:
+    """Pair p's moments: its chunks merged in chunk order, as normalize_group
+    merges them (so both plans give the same bits)."""
     cdef Py_ssize_t k, first = p * g.chunks_per_group
-    for k in range(first + 1, first + g.chunks_per_group):
-        merge_moments(&parts[first], parts[k])
-    parts[first] = finish_group(src + p * g.length, g.length, parts[first])
+    cdef Moments m
+    reset_moments(&m)
+    for k in range(first, first + g.chunks_per_group):
+        merge_moments(&m, parts[k])
+    return finish_group(src + p * g.length, g.length, m, g.eps)
 
 
-cdef inline void apply_chunk_at(const real* src, real* y, const real* weight, const real* bias,
-                                Py_ssize_t k, GroupsNCHW* g, const Moments* parts) noexcept nogil:
-    cdef Py_ssize_t p = k // g.chunks_per_group
-    cdef Py_ssize_t start = (k % g.chunks_per_group) * CHUNK
-    cdef Py_ssize_t first_channel = (p % g.groups) * g.channels_per_group
-    apply_range(src + p * g.length, y + p * g.length, start, min(start + CHUNK, g.length), g.hw,
-                shift(weight, first_channel), shift(bias, first_channel),
-                parts[p * g.chunks_per_group], g.eps, g.activation)
+cdef inline Py_ssize_t share_start(Py_ssize_t total, Py_ssize_t t, Py_ssize_t threads) noexcept nogil:
+    """First item of thread t's contiguous share of `total` items."""
+    return total * t // threads
+
+
+cdef inline void split_groups_thread(const real* x, real* y, const real* skip, real* buf,
+                                     const real* weight, const real* bias,
+                                     const real* skip_bias, Py_ssize_t t, Py_ssize_t threads,
+                                     GroupsNCHW* g, Py_ssize_t pairs,
+                                     Moments* parts) noexcept nogil:
+    """Thread t's part of the split plan: moments of its share of all chunks;
+    a barrier; then the apply of the same share, last-read chunk first (still
+    in L2), each thread merging the moments of the groups it touches itself."""
+    cdef Py_ssize_t total = pairs * g.chunks_per_group
+    cdef Py_ssize_t first = share_start(total, t, threads)
+    cdef Py_ssize_t stop = share_start(total, t + 1, threads)
+    cdef Py_ssize_t k, p, start, group = -1
+    cdef Py_ssize_t offset, first_channel
+    cdef const real* src = x
+    cdef Moments m
+    if buf != NULL:
+        src = buf
+    for k in range(first, stop):
+        p = k // g.chunks_per_group
+        start = (k % g.chunks_per_group) * CHUNK
+        offset = p * g.length
+        parts[k] = chunk_stats(x + offset, shift(skip, offset),
+                               shift(skip_bias, (p % g.groups) * g.channels_per_group),
+                               shift_mut(buf, offset), start, min(start + CHUNK, g.length), g.hw)
+    gncpu_barrier()
+    for k in range(stop - 1, first - 1, -1):
+        p = k // g.chunks_per_group
+        if p != group:
+            m = group_moments_from_chunks(src, p, g, parts)
+            group = p
+        start = (k % g.chunks_per_group) * CHUNK
+        first_channel = (p % g.groups) * g.channels_per_group
+        apply_range(src + p * g.length, y + p * g.length, start, min(start + CHUNK, g.length),
+                    g.hw, shift(weight, first_channel), shift(bias, first_channel), m, g.eps,
+                    g.activation)
 
 
 cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const real* weight,
@@ -392,11 +483,12 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
                   GroupsNCHW* g, int threads) noexcept nogil:
     """Returns 0, or -1 if scratch memory could not be allocated."""
     cdef Py_ssize_t pairs = n * g.groups
-    cdef Py_ssize_t p, k, total
+    cdef Py_ssize_t p
     cdef Moments* parts
-    cdef const real* src = x
-    if buf != NULL:
-        src = buf
+    if threads == 1:  # no parallel region at all: opening one costs ~1 us
+        for p in range(pairs):
+            normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
+        return 0
     if pairs >= threads and (pairs % threads == 0 or pairs >= 8 * threads):
         # Enough (sample, group) pairs to balance: each thread finishes whole
         # groups, so the second read of a group hits its cache.
@@ -404,19 +496,15 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
             normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
         return 0
     # Few pairs for the threads (N=1, G=1 is LayerNorm over C x HW): split
-    # groups into chunks. Moments per chunk in parallel, merge per group in
-    # the same order as above, then the apply per chunk in parallel. The
-    # static schedule hands each thread the same chunks in both loops.
-    total = pairs * g.chunks_per_group
-    parts = <Moments*>malloc(total * sizeof(Moments))
+    # groups into chunks across threads, in one parallel region (see
+    # split_groups_thread). Chunk boundaries and merge order are those of
+    # normalize_group: the same bits for any thread count.
+    parts = <Moments*>malloc(pairs * g.chunks_per_group * sizeof(Moments))
     if parts == NULL:
         return -1
-    for k in prange(total, num_threads=threads, schedule="static"):
-        stats_chunk_at(x, skip, buf, skip_bias, k, g, parts)
-    for p in range(pairs):
-        merge_group_at(src, p, g, parts)
-    for k in prange(total, num_threads=threads, schedule="static"):
-        apply_chunk_at(src, y, weight, bias, k, g, parts)
+    with parallel(num_threads=threads):
+        split_groups_thread(x, y, skip, buf, weight, bias, skip_bias, threadid(),
+                            omp_get_num_threads(), g, pairs, parts)
     free(parts)
     return 0
 
@@ -424,126 +512,234 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
 # ---------------------------------------------------------------- NHWC
 
 cdef struct GroupsNHWC:
-    Py_ssize_t rows, channels, groups, channels_per_group, blocks_per_sample
+    Py_ssize_t rows, channels, groups, channels_per_group
+    # Rows are handled `line_rows` at a time as one line of line_rows * C
+    # lanes (lane j holds channel j % C): a short row (C = 32) would
+    # otherwise pay a loop's overhead for two vectors of work.
+    Py_ssize_t line_rows, line
+    # Statistics blocks: block_rows rows (a multiple of line_rows, >= 64 and
+    # ~8192 elements), so per-lane sums stay short and per-block work is big.
+    Py_ssize_t block_rows, blocks_per_sample
     double eps
     int activation
 
 
+cdef inline void nhwc_geometry(GroupsNHWC* g, Py_ssize_t rows, Py_ssize_t channels,
+                               Py_ssize_t groups) noexcept nogil:
+    g.rows = rows
+    g.channels = channels
+    g.groups = groups
+    g.channels_per_group = channels // groups
+    g.line_rows = max(1, LINE // channels)
+    g.line = g.line_rows * channels
+    g.block_rows = max(<Py_ssize_t>ROWS, (NHWC_BLOCK // channels) // g.line_rows * g.line_rows)
+    g.block_rows = (g.block_rows + g.line_rows - 1) // g.line_rows * g.line_rows
+    g.blocks_per_sample = (rows + g.block_rows - 1) // g.block_rows
+
+
+cdef inline void lane_sums(const real* x, Py_ssize_t n, const real* centre, real* acc_d,
+                           real* acc_dd) noexcept nogil:
+    """acc_d[j] += x[j] - centre[j], acc_dd[j] += (x[j] - centre[j])**2, j < n."""
+    cdef Py_ssize_t j
+    cdef real d
+    for j in range(n):
+        d = x[j] - centre[j]
+        acc_d[j] += d
+        acc_dd[j] += d * d
+
+
+cdef inline void lane_sums2(const real* x, const real* x2, Py_ssize_t n, const real* centre,
+                            real* acc_d, real* acc_dd) noexcept nogil:
+    """lane_sums over two lines at once: half the accumulator loads and stores."""
+    cdef Py_ssize_t j
+    cdef real d, e
+    for j in range(n):
+        d = x[j] - centre[j]
+        e = x2[j] - centre[j]
+        acc_d[j] += d + e
+        acc_dd[j] += d * d + e * e
+
+
+cdef inline void channel_sums(const real* x, Py_ssize_t rows, GroupsNHWC* g, real* centre,
+                              real* acc_d, real* acc_dd) noexcept nogil:
+    """Per-channel shifted sums over `rows` contiguous rows, into the first C
+    entries of acc_d / acc_dd (each g.line long; centre too). Centred per
+    channel on the mean of 8 rows spread over the block. Rows are walked in
+    memory order, a line (line_rows rows) at a time; the line-long
+    accumulators stay in L1 and are folded to C channels at the end."""
+    cdef Py_ssize_t nc = g.channels, width = g.line
+    cdef Py_ssize_t lines = rows // g.line_rows
+    cdef Py_ssize_t r, k, j, lanes
+    cdef const real* row
+    cdef real local[LANES]   # a local array cannot alias x: this loop vectorizes
+    for k in range((nc + LANES - 1) // LANES):
+        lanes = min(<Py_ssize_t>LANES, nc - k * LANES)
+        for j in range(LANES):
+            local[j] = 0
+        for r in range(8):
+            row = x + ((r * rows) // 8) * nc + k * LANES
+            for j in range(LANES):
+                local[j] += (row[j] if j < lanes else 0) * <real>0.125
+        for j in range(lanes):
+            centre[k * LANES + j] = local[j]
+    for j in range(nc, width):
+        centre[j] = centre[j - nc]
+    for j in range(width):
+        acc_d[j] = 0
+        acc_dd[j] = 0
+    for k in range(lines // 2):
+        lane_sums2(x + 2 * k * width, x + (2 * k + 1) * width, width, centre, acc_d, acc_dd)
+    if lines % 2:
+        lane_sums(x + (lines - 1) * width, width, centre, acc_d, acc_dd)
+    lane_sums(x + lines * width, (rows - lines * g.line_rows) * nc, centre, acc_d, acc_dd)
+    for r in range(1, g.line_rows):  # fold the line's replicas, in order
+        for j in range(nc):
+            acc_d[j] += acc_d[r * nc + j]
+            acc_dd[j] += acc_dd[r * nc + j]
+
+
+cdef inline void add_residual_rows(const real* x, const real* skip, const real* skip_bias,
+                                   real* dst, Py_ssize_t rows, Py_ssize_t nc) noexcept nogil:
+    """dst = x + skip + skip_bias over `rows` contiguous rows of nc channels."""
+    cdef Py_ssize_t r, ch
+    for r in range(rows):
+        for ch in range(nc):
+            dst[r * nc + ch] = (x[r * nc + ch] + (skip[r * nc + ch] if skip != NULL else 0)) \
+                               + (skip_bias[ch] if skip_bias != NULL else 0)
+
+
 cdef inline int block_stats(const real* x, const real* skip, const real* skip_bias, real* buf,
                             Py_ssize_t b, GroupsNHWC* g, Moments* parts) noexcept nogil:
-    """Moments of each group over one block of ROWS rows of one sample.
-
-    Per-channel shifted sums vectorized along the row, centred on the mean of
-    8 rows spread over the block; then each group's channels are merged in
-    channel order into parts[b * groups + group]. Returns -1 if out of memory.
-    """
+    """Moments of each group over one block of rows of one sample, into
+    parts[b * groups + group]: per-channel shifted sums, then each group's
+    channels combined. Returns -1 if out of memory."""
     cdef Py_ssize_t nc = g.channels
-    cdef Py_ssize_t n = b // g.blocks_per_sample
-    cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
-    cdef Py_ssize_t rows = min(ROWS, g.rows - first)
-    cdef Py_ssize_t offset = (n * g.rows + first) * nc
-    cdef Py_ssize_t r, ch, j, k
-    cdef const real* row
-    cdef real d
-    cdef Moments m, channel
-    cdef real* scratch = <real*>malloc(3 * nc * sizeof(real))
-    cdef real* centre = scratch
-    cdef real* acc_d = scratch + nc
-    cdef real* acc_dd = scratch + 2 * nc
-    if scratch == NULL:
+    cdef Py_ssize_t first = (b % g.blocks_per_sample) * g.block_rows
+    cdef Py_ssize_t rows = min(g.block_rows, g.rows - first)
+    cdef Py_ssize_t offset = ((b // g.blocks_per_sample) * g.rows + first) * nc
+    cdef Py_ssize_t k, ch
+    cdef real* sums = <real*>malloc(3 * g.line * sizeof(real))
+    cdef Moments* channel = <Moments*>malloc(nc * sizeof(Moments))
+    cdef real* centre = sums
+    cdef real* acc_d = sums + g.line
+    cdef real* acc_dd = sums + 2 * g.line
+    if sums == NULL or channel == NULL:
+        free(sums)
+        free(channel)
         return -1
     if buf != NULL:
-        for r in range(rows):
-            for ch in range(nc):
-                buf[offset + r * nc + ch] = (x[offset + r * nc + ch]
-                                             + (skip[offset + r * nc + ch] if skip != NULL else 0)) \
-                                            + (skip_bias[ch] if skip_bias != NULL else 0)
+        add_residual_rows(x + offset, shift(skip, offset), skip_bias, buf + offset, rows, nc)
         x = buf
+    channel_sums(x + offset, rows, g, centre, acc_d, acc_dd)
     for ch in range(nc):
-        acc_d[ch] = 0
-        acc_dd[ch] = 0
-        centre[ch] = 0
-    for j in range(8):
-        row = x + offset + ((j * rows) // 8) * nc
-        for ch in range(nc):
-            centre[ch] += row[ch] * <real>0.125
-    for r in range(rows):
-        row = x + offset + r * nc
-        for ch in range(nc):
-            d = row[ch] - centre[ch]
-            acc_d[ch] += d
-            acc_dd[ch] += d * d
+        channel[ch].count = rows
+        channel[ch].mean = centre[ch] + <double>acc_d[ch] / rows
+        channel[ch].m2 = max(<double>acc_dd[ch] - <double>acc_d[ch] * (<double>acc_d[ch] / rows), 0.0)
     for k in range(g.groups):
-        reset_moments(&m)
-        for ch in range(k * g.channels_per_group, (k + 1) * g.channels_per_group):
-            channel.count = rows
-            channel.mean = centre[ch] + <double>acc_d[ch] / rows
-            channel.m2 = max(<double>acc_dd[ch] - <double>acc_d[ch] * (<double>acc_d[ch] / rows), 0.0)
-            merge_moments(&m, channel)
-        parts[b * g.groups + k] = m
-    free(scratch)
+        parts[b * g.groups + k] = combine_equal(channel + k * g.channels_per_group,
+                                                g.channels_per_group, 1)
+    free(sums)
+    free(channel)
     return 0
 
 
 cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, Moments* parts,
                                  const real* weight, const real* bias, real* table) noexcept nogil:
     """Merge the blocks of (sample, group) pair p in block order; write its
-    channels' head / a / b into table[(n * 3 + {0,1,2}) * C + channel]."""
+    channels' head / a / b into table[(n * 3 + {0,1,2}) * line + lane], for
+    every lane of the line that holds one of its channels."""
     cdef Py_ssize_t n = p // g.groups
     cdef Py_ssize_t k = p % g.groups
     cdef Py_ssize_t blk, ch
     cdef Moments m
     cdef double rstd
-    cdef real* head = table + (n * 3) * g.channels
-    cdef real* a = head + g.channels
-    cdef real* b = a + g.channels
+    cdef real* head = table + (n * 3) * g.line
+    cdef real* a = head + g.line
+    cdef real* b = a + g.line
+    cdef Py_ssize_t r, lane
+    cdef Py_ssize_t full = g.rows // g.block_rows   # blocks of exactly block_rows rows
+    cdef const Moments* first = parts + (n * g.blocks_per_sample) * g.groups + k
     reset_moments(&m)
-    for blk in range(g.blocks_per_sample):
-        merge_moments(&m, parts[(n * g.blocks_per_sample + blk) * g.groups + k])
-    if overflowed(m):
+    if full > 0:
+        m = combine_equal(first, full, g.groups)
+    if full < g.blocks_per_sample:
+        merge_moments(&m, first[full * g.groups])
+    if needs_exact_moments(src, m, g.eps):
         m = exact_moments(src + n * g.rows * g.channels + k * g.channels_per_group, g.rows,
                           g.channels_per_group, g.channels)
     rstd = inv_std(m, g.eps)
     for ch in range(k * g.channels_per_group, (k + 1) * g.channels_per_group):
         affine_coefficients(m.mean, rstd, weight, bias, ch, &head[ch], &a[ch], &b[ch])
+        for r in range(1, g.line_rows):
+            lane = r * g.channels + ch
+            head[lane] = head[ch]
+            a[lane] = a[ch]
+            b[lane] = b[ch]
 
 
 cdef inline void apply_block(const real* src, real* y, Py_ssize_t b, GroupsNHWC* g,
                              const real* table) noexcept nogil:
-    cdef Py_ssize_t nc = g.channels
+    """Normalize one block of rows in memory order, a line at a time, with
+    the sample's per-lane coefficients (3 lines in `table`, L1-resident)."""
     cdef Py_ssize_t n = b // g.blocks_per_sample
-    cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
-    cdef Py_ssize_t r, offset
-    cdef const real* head = table + (n * 3) * nc
-    for r in range(first, min(first + ROWS, g.rows)):
-        offset = (n * g.rows + r) * nc
-        affine_row(src + offset, y + offset, nc, head, head + nc, head + 2 * nc, g.activation)
+    cdef Py_ssize_t first = (b % g.blocks_per_sample) * g.block_rows
+    cdef Py_ssize_t stop = min(first + g.block_rows, g.rows)
+    cdef Py_ssize_t k, r, offset
+    cdef const real* head = table + (n * 3) * g.line
+    for k in range((stop - first + g.line_rows - 1) // g.line_rows):
+        r = first + k * g.line_rows
+        offset = (n * g.rows + r) * g.channels
+        affine_table(src + offset, y + offset, min(g.line_rows, stop - r) * g.channels, head,
+                     head + g.line, head + 2 * g.line, g.activation)
+
+
+cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf,
+                             const real* weight, const real* bias, const real* skip_bias,
+                             Py_ssize_t t, Py_ssize_t threads, Py_ssize_t n, GroupsNHWC* g,
+                             Moments* parts, real* table, int* failed) noexcept nogil:
+    """Thread t's part of the NHWC kernel, in one parallel region: moments of
+    its share of the (sample, row block)s; barrier; merges of its share of
+    the (sample, group) pairs into the coefficient table; barrier; the apply
+    of its share of blocks, last-read first (still in L2). *failed (shared)
+    is set if scratch memory ran out; every thread then stops after the
+    first barrier."""
+    cdef Py_ssize_t blocks = n * g.blocks_per_sample
+    cdef Py_ssize_t b, p
+    cdef const real* src = x
+    if buf != NULL:
+        src = buf
+    for b in range(share_start(blocks, t, threads), share_start(blocks, t + 1, threads)):
+        if block_stats(x, skip, skip_bias, buf, b, g, parts) != 0:
+            failed[0] = 1
+            break
+    gncpu_barrier()
+    if failed[0]:
+        return
+    for p in range(share_start(n * g.groups, t, threads), share_start(n * g.groups, t + 1, threads)):
+        merge_blocks_at(src, p, g, parts, weight, bias, table)
+    gncpu_barrier()
+    for b in range(share_start(blocks, t + 1, threads) - 1, share_start(blocks, t, threads) - 1, -1):
+        apply_block(src, y, b, g, table)
 
 
 cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const real* weight,
                   const real* bias, const real* skip_bias, Py_ssize_t n, GroupsNHWC* g,
                   int threads) noexcept nogil:
-    """Stats per (sample, row block) in parallel, merge per (sample, group),
-    then the apply per (sample, row block). Returns 0, or -1 if out of memory."""
-    cdef Py_ssize_t blocks = n * g.blocks_per_sample
-    cdef Py_ssize_t b, p
+    """Returns 0, or -1 if out of memory. Blocks and merge order do not
+    depend on the thread count."""
     cdef int failed = 0
-    cdef const real* src = x
-    cdef Moments* parts = <Moments*>malloc(blocks * g.groups * sizeof(Moments))
-    cdef real* table = <real*>malloc(n * 3 * g.channels * sizeof(real))
-    if buf != NULL:
-        src = buf
-    if parts == NULL or table == NULL:
-        free(parts)
-        free(table)
-        return -1
-    for b in prange(blocks, num_threads=threads, schedule="static"):
-        failed |= block_stats(x, skip, skip_bias, buf, b, g, parts)
-    if failed == 0:
-        for p in prange(n * g.groups, num_threads=threads, schedule="static"):
-            merge_blocks_at(src, p, g, parts, weight, bias, table)
-        for b in prange(blocks, num_threads=threads, schedule="static"):
-            apply_block(src, y, b, g, table)
+    cdef Moments* parts = <Moments*>malloc(n * g.blocks_per_sample * g.groups * sizeof(Moments))
+    cdef real* table = <real*>malloc(n * 3 * g.line * sizeof(real))
+    if parts != NULL and table != NULL:
+        if threads == 1:  # no parallel region at all: opening one costs ~1 us
+            nhwc_thread(x, y, skip, buf, weight, bias, skip_bias, 0, 1, n, g, parts, table,
+                        &failed)
+        else:
+            with parallel(num_threads=threads):
+                nhwc_thread(x, y, skip, buf, weight, bias, skip_bias, threadid(),
+                            omp_get_num_threads(), n, g, parts, table, &failed)
+    else:
+        failed = 1
     free(parts)
     free(table)
     return -1 if failed else 0
@@ -587,11 +783,7 @@ def group_norm(cnp.ndarray x, cnp.ndarray out, object weight, object bias,
     if x.size == 0:
         return out
     if channels_last:
-        nhwc.rows = spatial
-        nhwc.channels = c
-        nhwc.groups = num_groups
-        nhwc.channels_per_group = c // num_groups
-        nhwc.blocks_per_sample = (spatial + ROWS - 1) // ROWS
+        nhwc_geometry(&nhwc, spatial, c, num_groups)
         nhwc.eps = eps
         nhwc.activation = activation
         with nogil:
