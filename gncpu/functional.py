@@ -71,11 +71,12 @@ def _check_eps(eps):
     return value
 
 
-def _check_groups(num_groups, shape):
+def _check_groups(num_groups, shape, channels=None):
+    """num_groups as an int that divides the channel count (shape[1] unless given)."""
     if isinstance(num_groups, bool) or not hasattr(num_groups, "__index__"):
         raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__} {num_groups!r}")
     groups = operator.index(num_groups)
-    channels = shape[1]
+    channels = shape[1] if channels is None else channels
     if groups <= 0:
         raise ValueError(f"num_groups={groups} must be positive (input shape {shape})")
     if channels % groups:
@@ -83,9 +84,9 @@ def _check_groups(num_groups, shape):
     return groups
 
 
-def _check_out(out, x, dtype):
-    """out must be a writeable C-contiguous array of x's shape and dtype that
-    is either x itself or does not overlap it."""
+def _check_out(out, x, dtype, to_kernel):
+    """out must be a writeable array of x's shape, dtype and layout (C-contiguous
+    in the kernel's layout) that is either x itself or does not overlap it."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
     if out.shape != x.shape:
@@ -94,8 +95,10 @@ def _check_out(out, x, dtype):
         raise ValueError(f"out has dtype {out.dtype}, expected the input's dtype {dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only: expected a writeable array")
-    if not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous, got strides {out.strides} for shape {out.shape}")
+    if not to_kernel(out).flags.c_contiguous:
+        raise ValueError(f"out must have the input's memory layout (C-contiguous"
+                         f"{', channels-last strides' if to_kernel(x) is not x else ''}), "
+                         f"got strides {out.strides} for shape {out.shape}")
     if out is not x and np.may_share_memory(out, x):
         same = out.ctypes.data == x.ctypes.data and out.strides == x.strides
         if not same:
@@ -103,29 +106,75 @@ def _check_out(out, x, dtype):
                              "or a separate array")
 
 
-def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, num_threads=None):
+def _check_activation(activation):
+    try:
+        return kernels.ACTIVATION_CODES[activation]
+    except (KeyError, TypeError):
+        names = sorted(k for k in kernels.ACTIVATION_CODES if k is not None)
+        raise ValueError(f"activation={activation!r} is not supported: expected None or one of "
+                         f"{names}") from None
+
+
+def _channels_last_view(x):
+    """x (N, C, *spatial) as an (N, *spatial, C) view if that view is
+    C-contiguous (a torch channels_last tensor, a transposed NHWC array), else None."""
+    if x.ndim < 3 or x.flags.c_contiguous:
+        return None
+    view = np.moveaxis(x, 1, -1)
+    return view if view.flags.c_contiguous else None
+
+
+def _as_kernel_layout(a, to_kernel, dtype):
+    """a (the caller's layout) as a C-contiguous array of `dtype` in the kernel's layout."""
+    return np.ascontiguousarray(to_kernel(a), dtype=dtype)
+
+
+def _check_skip(skip, x, dtype, to_kernel):
+    arr = _as_array(skip)
+    if arr.shape != x.shape:
+        raise ValueError(f"skip has shape {arr.shape}, expected the input's shape {x.shape}")
+    if arr.dtype.kind != "f":
+        raise ValueError(f"skip must hold floating-point values, got dtype {arr.dtype}")
+    return _as_kernel_layout(arr, to_kernel, dtype)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None,
+               skip=None, skip_bias=None, return_sum=False, channels_last=False, out=None,
+               num_threads=None):
     """Group Normalization of `input` shaped (N, C, *spatial), any rank >= 2.
 
-        y = (x - mean_g) / sqrt(var_g + eps) * weight_c + bias_c
+        y = act((x - mean_g) / sqrt(var_g + eps) * weight_c + bias_c)
 
     mean_g and var_g (biased) are taken over the C/num_groups channels and all
     spatial positions of each sample and group.
 
     input: float32 (native fast path), float64 (computed in float64) or
-        float16 (computed in float32, returned as float16). Non-contiguous
-        inputs are copied first. The input is never modified unless out is it.
+        float16 (computed in float32, returned as float16). Arrays whose
+        strides are channels-last (a torch channels_last tensor, or
+        np.transpose of an NHWC array) run the channels-last kernel without a
+        copy, and the output keeps that layout. Other non-contiguous inputs
+        are copied first. The input is never modified unless out is it.
     weight, bias: None or shape (C,); cast to the compute dtype.
     eps: finite, >= 0.
-    out: optional C-contiguous array of the input's shape and dtype to write
-        into; may be the input itself (in-place).
+    activation: None, "silu", "relu", "gelu" (erf form) or "gelu_tanh",
+        applied inside the same pass. float32 accuracy of the activation
+        itself: 1.2e-7 * max(1, |y|) (see gncpu/kernel/_vecmath.h).
+    skip: None or an array of the input's shape; skip_bias: None or (C,).
+        Both are added to the input before normalizing (onnxruntime's
+        SkipGroupNorm); the sum is formed in the compute precision.
+    return_sum: return (y, input + skip + skip_bias) instead of y.
+    channels_last: input is (N, *spatial, C) (rank >= 3).
+    out: optional array of the input's shape, dtype and memory layout
+        (C-contiguous, or channels-last like the input) to write y into; may
+        be the input itself (in-place).
     num_threads: None = gncpu.get_num_threads(); a positive count; or
         negative to count back from the maximum (-1 = all).
 
-    Returns out (a new array if out is None). Float32 accuracy: max error
-    ~1e-6 of float64 on N(0,1) data, and ~1e-5 with an offset of 1e4 (the
-    statistics are shifted, the mean kept in two parts through the apply).
-    A group containing NaN or Inf comes out all NaN; a constant group
-    gives bias.
+    Returns out (a new array if out is None), or (out, sum) with return_sum.
+    Float32 accuracy: max error ~1e-6 of float64 on N(0,1) data, and ~3e-6
+    with an offset of 1e4 (shifted statistics; the mean is kept in two parts
+    through the apply). A group containing NaN or Inf comes out all NaN; a
+    constant group gives bias (after the activation).
     """
     x = _as_array(input)
     dtype = _input_dtype(x)
@@ -135,24 +184,56 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
     shape = x.shape
     if len(shape) < 2:
         raise ValueError(f"input must have rank >= 2 (N, C, *spatial), got shape {shape}")
-    groups = _check_groups(num_groups, shape)
+    if channels_last and len(shape) < 3:
+        raise ValueError(f"channels_last=True needs rank >= 3 ((N, *spatial, C)), got shape {shape}")
+    channels = shape[-1] if channels_last else shape[1]
+    groups = _check_groups(num_groups, shape, channels)
+    act = _check_activation(activation)
     compute = _COMPUTE_DTYPE[dtype]
-    channels = shape[1]
     weight = _channel_param(weight, "weight", channels, compute)
     bias = _channel_param(bias, "bias", channels, compute)
+    skip_bias = _channel_param(skip_bias, "skip_bias", channels, compute)
     eps = _check_eps(eps)
-    if out is not None:
-        _check_out(out, x, dtype)
+    if return_sum and skip is None and skip_bias is None:
+        raise ValueError("return_sum=True needs skip or skip_bias: there is no sum to return")
     threads = _config.resolve_threads(num_threads, x.size)
 
-    if compute != dtype or not x.flags.c_contiguous:
+    # The kernel's layout: NCHW, or NHWC for channels_last=True and for
+    # NCHW-shaped arrays with channels-last strides.
+    view = None if channels_last else _channels_last_view(x)
+    kernel_nhwc = channels_last or view is not None
+    if view is not None:
+        to_kernel, from_kernel = (lambda a: np.moveaxis(a, 1, -1)), (lambda a: np.moveaxis(a, -1, 1))
+    else:
+        to_kernel = from_kernel = lambda a: a
+    if out is not None:
+        _check_out(out, x, dtype, to_kernel)
+    if skip is not None:
+        skip = _check_skip(skip, x, compute, to_kernel)
+        if out is not None and out is not input and np.may_share_memory(out, skip):
+            raise ValueError("out overlaps skip: expected a separate array")
+
+    src = to_kernel(x)
+    direct = compute == dtype and src.flags.c_contiguous
+    if not direct:
         # float16, or a strided view: compute on a contiguous copy.
-        src = np.ascontiguousarray(x, dtype=compute)
-        result = kernels.group_norm_nchw(src, src, weight, bias, groups, eps, 0, threads)
-        if out is None:
-            return result.astype(dtype, copy=False)
+        src = np.ascontiguousarray(src, dtype=compute)
+    if direct and out is not None:
+        y = to_kernel(out)
+    else:
+        y = src if not direct else np.empty(src.shape, compute)
+    total = np.empty(src.shape, compute) if return_sum else None
+    kernels.group_norm(src, y, weight, bias, groups, eps, act, threads, kernel_nhwc, skip,
+                       skip_bias, total)
+    result = from_kernel(y)
+    if result.dtype != dtype:
+        result = result.astype(dtype)
+    if out is not None and (not direct):
         np.copyto(out, result, casting="unsafe")
-        return out
-    if out is None:
-        out = np.empty(shape, dtype)
-    return kernels.group_norm_nchw(x, out, weight, bias, groups, eps, 0, threads)
+        result = out
+    elif out is not None:
+        result = out
+    if return_sum:
+        total = from_kernel(total)
+        return result, total.astype(dtype, copy=False)
+    return result

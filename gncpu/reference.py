@@ -62,8 +62,13 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
     channels_last=True takes (N, *spatial, C). skip (same shape as input) and
     skip_bias (shape (C,)) are added to the input first (onnxruntime's
     SkipGroupNorm); with return_sum=True the pair (y, input + skip + skip_bias)
-    is returned. activation is applied after the affine. Always returns float64.
+    is returned. The sum is rounded to the precision gncpu computes it in
+    (float32 for float16/float32 inputs, as onnxruntime forms it) after each
+    addition, and that rounded sum is what gets normalized. activation is
+    applied after the affine. Always returns float64.
     """
+    in_dtype = np.asarray(input).dtype
+    sum_dtype = np.float64 if in_dtype == np.float64 else np.float32
     x = np.array(input, dtype=np.float64)
     if x.ndim < 2:
         raise ValueError(f"input must have rank >= 2, got shape {x.shape}")
@@ -75,9 +80,10 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
     bshape = (1, c) + (1,) * (x.ndim - 2)
     if skip is not None:
         s = np.array(skip, dtype=np.float64)
-        x = x + (np.moveaxis(s, -1, 1) if channels_last else s)
+        x = (x + (np.moveaxis(s, -1, 1) if channels_last else s)).astype(sum_dtype).astype(np.float64)
     if skip_bias is not None:
-        x = x + np.asarray(skip_bias, dtype=np.float64).reshape(bshape)
+        sb = np.asarray(skip_bias, dtype=sum_dtype).astype(np.float64).reshape(bshape)
+        x = (x + sb).astype(sum_dtype).astype(np.float64)
     summed = x
     with np.errstate(all="ignore"):
         g = x.reshape(n, num_groups, -1)

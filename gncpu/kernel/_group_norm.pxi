@@ -2,17 +2,26 @@
 # setup.py); each _<level>.pyx includes this file.
 #
 # Callers (gncpu/functional.py) have validated everything: arrays are
-# C-contiguous, of the kernel's dtype, shapes agree, num_groups divides C.
+# C-contiguous, of the kernel's dtype, shapes agree, num_groups divides C,
+# outputs do not overlap inputs except where noted.
 #
-# Work decomposition. A group of one sample is L = (C/G) * HW contiguous
-# elements. It is cut into fixed CHUNK-element chunks; each chunk's moments
-# (count, mean, M2) are computed in the working precision about a centre taken
-# from the chunk itself, then merged in float64, chunk by chunk in order
-# (Chan et al.). Chunk boundaries and merge order do not depend on the thread
-# count, so results are bit-identical for any number of threads.
+# Statistics. Moments (count, mean, M2) are computed per fixed block of
+# elements in the working precision, about a centre taken from the block
+# itself, then merged in float64 block by block in a fixed order (Chan et
+# al.). Block boundaries and merge order do not depend on the thread count,
+# so results are bit-identical for any number of threads.
+#
+# Layouts. NCHW: a (sample, group) is one contiguous run of (C/G)*HW
+# elements, cut into CHUNK-element chunks. NHWC: a sample is S rows of C
+# channels; blocks of ROWS rows are reduced per channel (vectorized over C),
+# then channels merge into their group.
+#
+# Epilogue, fused into the apply loop: y = act((x - mean) * rstd * w + b),
+# and optionally x is first replaced by x + skip + skip_bias (SkipGroupNorm),
+# materialized in `buf` (the caller's sum output, or the output itself).
 
 from cython.parallel cimport prange
-from libc.math cimport sqrt, isfinite
+from libc.math cimport sqrt, isfinite, exp, erfc, tanh
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 cimport numpy as cnp
@@ -27,29 +36,49 @@ cdef extern from "_cpu.h":
     const char* GNCPU_CFLAGS
     const char* GNCPU_COMPILER
 
+cdef extern from "_vecmath.h":
+    float gn_silu_f32(float) noexcept nogil
+    float gn_gelu_f32(float) noexcept nogil
+    float gn_gelu_tanh_f32(float) noexcept nogil
+    float gn_relu_f32(float) noexcept nogil
+
 ctypedef fused real:
     float
     double
 
-# Independent accumulators per sum: enough to fill 4 AVX-512 registers with
-# float32 (8 with float64), so the adds pipeline instead of waiting on one
-# dependency chain. Plain C arrays indexed by the inner loop: gcc vectorizes
-# them without -ffast-math, and the summation order is fixed by the source,
-# so every instruction-set variant gives the same sums.
 cdef enum:
+    # Independent accumulators per sum: 4 AVX-512 registers of float32 (8 of
+    # float64), so the adds pipeline instead of waiting on one dependency
+    # chain. Plain C arrays indexed by the inner loop: gcc vectorizes them
+    # without -ffast-math, and the summation order is fixed by the source, so
+    # every instruction-set variant sums alike.
     LANES = 64
-# 4096 float32 = 16 KiB: a chunk's second pass reads from L1.
-cdef enum:
+    # 4096 float32 = 16 KiB: a residual chunk's stats pass reads it from L1.
     CHUNK = 4096
+    # NHWC rows per stats block: each per-channel accumulator sums <= 64
+    # values, as an NCHW lane does.
+    ROWS = 64
+    # Elements per apply block: the activation pass re-reads it from L1.
+    APPLY_BLOCK = 1024
+    COPY_BLOCK = 65536
 
-# Activation codes shared with gncpu/functional.py.
-ACT_NONE = 0
+cdef enum:
+    ACT_NONE = 0
+    ACT_SILU = 1
+    ACT_RELU = 2
+    ACT_GELU = 3
+    ACT_GELU_TANH = 4
+
+ACTIVATION_CODES = {None: ACT_NONE, "silu": ACT_SILU, "relu": ACT_RELU, "gelu": ACT_GELU,
+                    "gelu_tanh": ACT_GELU_TANH}
 
 cdef struct Moments:
     double count
     double mean
     double m2      # sum of squared deviations from mean
 
+
+# ---------------------------------------------------------------- statistics
 
 cdef inline double sum_lanes(const real* acc) noexcept nogil:
     # Pairwise tree over the lanes, fixed order.
@@ -65,29 +94,25 @@ cdef inline double sum_lanes(const real* acc) noexcept nogil:
 
 
 cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
-    """Moments of x[0:n] (n <= CHUNK): a rough mean, then shifted sums about it.
+    """Moments of x[0:n] (n <= CHUNK) in one pass of shifted sums.
 
-    The second pass reads the chunk from L1. Centring on the chunk's own mean
-    makes x - centre exact for data with a large common offset (both operands
-    within a factor of two: Sterbenz), so no digits are lost to the offset.
+    The centre is the mean of 8 samples spread over the chunk: close enough
+    to the chunk mean that s2 - s1**2/n loses little, and x - centre is exact
+    for data with a large common offset (both operands within a factor of
+    two: Sterbenz), so no digits go to the offset.
     """
-    cdef real acc[LANES]
     cdef real acc_d[LANES]
     cdef real acc_dd[LANES]
     cdef real centre, d
     cdef Py_ssize_t i, j, body = n - n % LANES
-    cdef double s1, s2
+    cdef double s1 = 0, s2
     cdef Moments m
+    for j in range(8):
+        s1 += x[(j * n) // 8]
+    centre = <real>(s1 / 8)
     for j in range(LANES):
-        acc[j] = 0
         acc_d[j] = 0
         acc_dd[j] = 0
-    for i in range(body // LANES):
-        for j in range(LANES):
-            acc[j] += x[i * LANES + j]
-    for j in range(n - body):
-        acc[j] += x[body + j]
-    centre = <real>(sum_lanes(acc) / n)
     for i in range(body // LANES):
         for j in range(LANES):
             d = x[i * LANES + j] - centre
@@ -101,216 +126,608 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     s2 = sum_lanes(acc_dd)
     m.count = n
     m.mean = centre + s1 / n
-    m.m2 = s2 - s1 * (s1 / n)   # s1 is small (centred): no cancellation
-    if m.m2 < 0:
-        m.m2 = 0
+    m.m2 = max(s2 - s1 * (s1 / n), 0.0)  # s1 is small (centred): little cancellation
     return m
 
 
 cdef inline void merge_moments(Moments* into, Moments b) noexcept nogil:
     """Chan's parallel merge of b into *into (float64)."""
-    cdef double n = into.count + b.count
-    cdef double delta = b.mean - into.mean
+    cdef double n, delta
     if into.count == 0:
         into[0] = b
         return
+    n = into.count + b.count
+    delta = b.mean - into.mean
     into.m2 = into.m2 + b.m2 + delta * delta * (into.count * b.count / n)
     into.mean = into.mean + delta * (b.count / n)
     into.count = n
 
 
-cdef inline void exact_moments(const real* x, Py_ssize_t n, Moments* m) noexcept nogil:
-    """Two-pass float64 moments: the fallback when the fast sums overflowed
-    (|x| beyond ~1e19 in float32, where (x - centre)**2 is not representable)."""
-    cdef double s = 0, ss = 0, d
-    cdef Py_ssize_t i
-    for i in range(n):
-        s += x[i]
-    s /= n
-    for i in range(n):
-        d = x[i] - s
-        ss += d * d
-    m.count = n
-    m.mean = s
-    m.m2 = ss
-
-
-cdef inline void finish_stats(const real* group, Py_ssize_t length, Moments m, double eps,
-                              double* mean, double* rstd) noexcept nogil:
-    if isfinite(m.mean) and not isfinite(m.m2):
-        # finite data whose squared deviations overflowed the working precision
-        exact_moments(group, length, &m)
-    mean[0] = m.mean
-    rstd[0] = 1.0 / sqrt(m.m2 / m.count + eps)
-
-
-cdef inline void group_moments(const real* group, Py_ssize_t length, Moments* m) noexcept nogil:
-    cdef Py_ssize_t k, start
+cdef inline void reset_moments(Moments* m) noexcept nogil:
     m.count = 0
     m.mean = 0
     m.m2 = 0
-    for k in range((length + CHUNK - 1) // CHUNK):
-        start = k * CHUNK
-        merge_moments(m, chunk_moments(group + start, min(CHUNK, length - start)))
 
 
-cdef inline void apply_range(const real* x, real* y, Py_ssize_t start, Py_ssize_t stop,
-                             Py_ssize_t hw, const real* weight, const real* bias,
-                             double mean, double rstd, int activation) noexcept nogil:
-    """y[i] = (x[i] - mean) * rstd * weight[c] + bias[c] for start <= i < stop.
+cdef inline Moments combine_equal(const Moments* parts, Py_ssize_t k, Py_ssize_t stride) noexcept nogil:
+    """Moments of k parts of equal count, parts[0], parts[stride], ...: the
+    mean of the means, and M2 = sum of M2 + count * sum of the squared
+    deviations of the means. Unlike k - 1 Chan merges it has no division in
+    the loop (a sequential merge costs ~50 cycles of dependent divisions)."""
+    cdef Py_ssize_t i
+    cdef double mean = 0, m2 = 0, spread = 0, d
+    cdef Moments m
+    for i in range(k):
+        mean += parts[i * stride].mean
+        m2 += parts[i * stride].m2
+    mean /= k
+    for i in range(k):
+        d = parts[i * stride].mean - mean
+        spread += d * d
+    m.count = parts[0].count * k
+    m.mean = mean
+    m.m2 = m2 + parts[0].count * spread
+    return m
 
-    x, y point at the group's first element; weight, bias at its first channel
-    (either may be NULL). The mean is split into a working-precision head and
-    tail: x - head is exact near a large offset, and subtracting before
-    scaling avoids x*a + b, which loses ~1e-3 at |x| ~ 1e4 in float32.
+
+cdef inline double inv_std(Moments m, double eps) noexcept nogil:
+    return 1.0 / sqrt(m.m2 / m.count + eps)
+
+
+cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t width,
+                                  Py_ssize_t stride) noexcept nogil:
+    """Two-pass float64 moments of `rows` runs of `width` elements, `stride`
+    apart: the fallback when the fast sums overflowed (|x - centre| beyond
+    ~1e19 in float32, where its square is not representable)."""
+    cdef double s = 0, ss = 0, d
+    cdef Py_ssize_t r, i
+    cdef Moments m
+    for r in range(rows):
+        for i in range(width):
+            s += x[r * stride + i]
+    m.count = rows * width
+    m.mean = s / m.count
+    for r in range(rows):
+        for i in range(width):
+            d = x[r * stride + i] - m.mean
+            ss += d * d
+    m.m2 = ss
+    return m
+
+
+cdef inline bint overflowed(Moments m) noexcept nogil:
+    # finite data (finite mean) whose squared deviations overflowed
+    return isfinite(m.mean) and not isfinite(m.m2)
+
+
+# ---------------------------------------------------------------- epilogue
+
+cdef inline real silu(real v) noexcept nogil:
+    if real is float:
+        return gn_silu_f32(v)
+    else:
+        return v / (1.0 + exp(-v))
+
+
+cdef inline real gelu(real v) noexcept nogil:
+    if real is float:
+        return gn_gelu_f32(v)
+    else:
+        return 0.5 * v * erfc(-v * 0.70710678118654752440)
+
+
+cdef inline real gelu_tanh(real v) noexcept nogil:
+    if real is float:
+        return gn_gelu_tanh_f32(v)
+    else:
+        return 0.5 * v * (1.0 + tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v)))
+
+
+cdef inline real relu(real v) noexcept nogil:
+    return 0 if v < 0 else v  # NaN stays NaN
+
+
+cdef inline void activate(real* y, Py_ssize_t n, int activation) noexcept nogil:
+    """In place on a block that is in L1; one loop per activation so each
+    vectorizes on its own."""
+    cdef Py_ssize_t i
+    if activation == ACT_SILU:
+        for i in range(n):
+            y[i] = silu(y[i])
+    elif activation == ACT_RELU:
+        for i in range(n):
+            y[i] = relu(y[i])
+    elif activation == ACT_GELU:
+        for i in range(n):
+            y[i] = gelu(y[i])
+    elif activation == ACT_GELU_TANH:
+        for i in range(n):
+            y[i] = gelu_tanh(y[i])
+
+
+cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, real a, real b,
+                               int activation) noexcept nogil:
+    """y = act((x - head) * a + b) for one channel's run (NCHW)."""
+    cdef Py_ssize_t i, blk, start, stop
+    for blk in range((n + APPLY_BLOCK - 1) // APPLY_BLOCK):
+        start = blk * APPLY_BLOCK
+        stop = min(n, start + APPLY_BLOCK)
+        for i in range(start, stop):
+            y[i] = (x[i] - head) * a + b
+        if activation != ACT_NONE:
+            activate(y + start, stop - start, activation)
+
+
+cdef inline void affine_coefficients(double mean, double rstd, const real* weight,
+                                     const real* bias, Py_ssize_t c, real* head, real* a,
+                                     real* b) noexcept nogil:
+    """Per-channel coefficients of y = (x - head) * a + b.
+
+    The mean is split into a working-precision head and a tail: x - head is
+    exact near a large offset, and subtracting before scaling avoids x*a + b,
+    which loses ~1e-3 at |x| ~ 1e4 in float32. The tail (|tail| <=
+    ulp(mean)/2) is folded into the shift b.
     """
-    cdef real head = <real>mean
-    cdef real tail = <real>(mean - <double>head)
-    cdef real a, b
+    cdef double scale = rstd * weight[c] if weight != NULL else rstd
+    head[0] = <real>mean
+    a[0] = <real>scale
+    b[0] = <real>((bias[c] if bias != NULL else 0) - (mean - <double>head[0]) * scale)
+
+
+# ---------------------------------------------------------------- NCHW
+
+cdef inline void add_residual_range(const real* x, const real* skip, const real* skip_bias,
+                                    real* dst, Py_ssize_t start, Py_ssize_t stop,
+                                    Py_ssize_t hw) noexcept nogil:
+    """dst[i] = x[i] + skip[i] + skip_bias[channel of i], start <= i < stop.
+    Pointers at the group's first element / first channel; either addend may be NULL."""
     cdef Py_ssize_t c, i, lo, hi
+    cdef real sb
     for c in range(start // hw, (stop - 1) // hw + 1):
         lo = max(start, c * hw)
         hi = min(stop, (c + 1) * hw)
-        a = <real>(rstd * weight[c]) if weight != NULL else <real>rstd
-        b = bias[c] if bias != NULL else 0
-        for i in range(lo, hi):
-            y[i] = ((x[i] - head) - tail) * a + b
+        sb = skip_bias[c] if skip_bias != NULL else 0
+        if skip != NULL:
+            for i in range(lo, hi):
+                dst[i] = (x[i] + skip[i]) + sb
+        else:
+            for i in range(lo, hi):
+                dst[i] = x[i] + sb
 
 
-cdef inline void normalize_group(const real* x, real* y, Py_ssize_t length, Py_ssize_t hw,
-                                 const real* weight, const real* bias, double eps,
-                                 int activation) noexcept nogil:
-    """Statistics then apply for one (sample, group), while it is in cache."""
+cdef struct GroupsNCHW:
+    # Geometry and operands shared by every work item of one NCHW call.
+    Py_ssize_t hw, groups, channels_per_group, length, chunks_per_group
+    double eps
+    int activation
+
+
+cdef inline Moments chunk_stats(const real* x, const real* skip, const real* skip_bias,
+                                real* buf, Py_ssize_t start, Py_ssize_t stop,
+                                Py_ssize_t hw) noexcept nogil:
+    """Moments of one chunk of a group (pointers at the group's start). With
+    a residual, x + skip + skip_bias is written to buf first and its moments
+    taken while it is in L1."""
+    if buf == NULL:
+        return chunk_moments(x + start, stop - start)
+    add_residual_range(x, skip, skip_bias, buf, start, stop, hw)
+    return chunk_moments(buf + start, stop - start)
+
+
+cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssize_t stop,
+                             Py_ssize_t hw, const real* weight, const real* bias,
+                             Moments m, double eps, int activation) noexcept nogil:
+    """Normalize src[start:stop] of one group into y (pointers at the group's
+    first element; weight and bias at its first channel, or NULL)."""
+    cdef double rstd = inv_std(m, eps)
+    cdef real head, a, b
+    cdef Py_ssize_t c, lo, hi
+    for c in range(start // hw, (stop - 1) // hw + 1):
+        lo = max(start, c * hw)
+        hi = min(stop, (c + 1) * hw)
+        affine_coefficients(m.mean, rstd, weight, bias, c, &head, &a, &b)
+        affine_scalar(src + lo, y + lo, hi - lo, head, a, b, activation)
+
+
+cdef inline const real* shift(const real* p, Py_ssize_t by) noexcept nogil:
+    return p + by if p != NULL else NULL
+
+
+cdef inline real* shift_mut(real* p, Py_ssize_t by) noexcept nogil:
+    return p + by if p != NULL else NULL
+
+
+cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m) noexcept nogil:
+    if overflowed(m):
+        return exact_moments(src, 1, length, length)
+    return m
+
+
+cdef inline void normalize_group(const real* x, real* y, const real* skip, real* buf,
+                                 const real* weight, const real* bias, const real* skip_bias,
+                                 Py_ssize_t p, GroupsNCHW* g) noexcept nogil:
+    """Statistics then apply for (sample, group) pair p, while it is in cache."""
+    cdef Py_ssize_t offset = p * g.length
+    cdef Py_ssize_t first_channel = (p % g.groups) * g.channels_per_group
+    cdef Py_ssize_t k, start
     cdef Moments m
-    cdef double mean, rstd
-    group_moments(x, length, &m)
-    finish_stats(x, length, m, eps, &mean, &rstd)
-    apply_range(x, y, 0, length, hw, weight, bias, mean, rstd, activation)
+    cdef const real* src = x + offset
+    if buf != NULL:
+        src = buf + offset
+    reset_moments(&m)
+    for k in range(g.chunks_per_group):
+        start = k * CHUNK
+        merge_moments(&m, chunk_stats(x + offset, shift(skip, offset),
+                                      shift(skip_bias, first_channel), shift_mut(buf, offset),
+                                      start, min(start + CHUNK, g.length), g.hw))
+    m = finish_group(src, g.length, m)
+    # Apply the chunks last-read first: a group larger than L2 then still
+    # finds its most recent ~L2 worth of chunks there.
+    for k in range(g.chunks_per_group - 1, -1, -1):
+        start = k * CHUNK
+        apply_range(src, y + offset, start, min(start + CHUNK, g.length), g.hw,
+                    shift(weight, first_channel), shift(bias, first_channel), m, g.eps,
+                    g.activation)
 
 
-cdef inline void chunk_moments_at(const real* x, Py_ssize_t k, Py_ssize_t chunks_per_group,
-                                  Py_ssize_t length, Moments* out) noexcept nogil:
-    cdef Py_ssize_t start = (k % chunks_per_group) * CHUNK
-    out[k] = chunk_moments(x + (k // chunks_per_group) * length + start,
-                           min(CHUNK, length - start))
+cdef inline void stats_chunk_at(const real* x, const real* skip, real* buf,
+                                const real* skip_bias, Py_ssize_t k, GroupsNCHW* g,
+                                Moments* parts) noexcept nogil:
+    cdef Py_ssize_t p = k // g.chunks_per_group
+    cdef Py_ssize_t start = (k % g.chunks_per_group) * CHUNK
+    cdef Py_ssize_t offset = p * g.length
+    parts[k] = chunk_stats(x + offset, shift(skip, offset),
+                           shift(skip_bias, (p % g.groups) * g.channels_per_group),
+                           shift_mut(buf, offset), start, min(start + CHUNK, g.length), g.hw)
 
 
-cdef inline void merge_group(const real* x, Py_ssize_t p, Py_ssize_t chunks_per_group,
-                             Py_ssize_t length, const Moments* parts, double eps,
-                             double* means, double* rstds) noexcept nogil:
-    cdef Moments m
+cdef inline void merge_group_at(const real* src, Py_ssize_t p, GroupsNCHW* g,
+                                Moments* parts) noexcept nogil:
+    # parts[p * chunks_per_group] receives the group's moments
+    cdef Py_ssize_t k, first = p * g.chunks_per_group
+    for k in range(first + 1, first + g.chunks_per_group):
+        merge_moments(&parts[first], parts[k])
+    parts[first] = finish_group(src + p * g.length, g.length, parts[first])
+
+
+cdef inline void apply_chunk_at(const real* src, real* y, const real* weight, const real* bias,
+                                Py_ssize_t k, GroupsNCHW* g, const Moments* parts) noexcept nogil:
+    cdef Py_ssize_t p = k // g.chunks_per_group
+    cdef Py_ssize_t start = (k % g.chunks_per_group) * CHUNK
+    cdef Py_ssize_t first_channel = (p % g.groups) * g.channels_per_group
+    apply_range(src + p * g.length, y + p * g.length, start, min(start + CHUNK, g.length), g.hw,
+                shift(weight, first_channel), shift(bias, first_channel),
+                parts[p * g.chunks_per_group], g.eps, g.activation)
+
+
+cdef inline Py_ssize_t share_start(Py_ssize_t total, Py_ssize_t t, int threads) noexcept nogil:
+    """First item of thread t's contiguous share of `total` items."""
+    return total * t // threads
+
+
+cdef inline void stats_share(const real* x, const real* skip, real* buf, const real* skip_bias,
+                             Py_ssize_t t, int threads, Py_ssize_t total, GroupsNCHW* g,
+                             Moments* parts) noexcept nogil:
     cdef Py_ssize_t k
-    m.count = 0
-    m.mean = 0
-    m.m2 = 0
-    for k in range(p * chunks_per_group, (p + 1) * chunks_per_group):
-        merge_moments(&m, parts[k])
-    finish_stats(x + p * length, length, m, eps, &means[p], &rstds[p])
+    for k in range(share_start(total, t, threads), share_start(total, t + 1, threads)):
+        stats_chunk_at(x, skip, buf, skip_bias, k, g, parts)
 
 
-cdef inline void apply_chunk_at(const real* x, real* y, Py_ssize_t k, Py_ssize_t chunks_per_group,
-                                Py_ssize_t length, Py_ssize_t hw, Py_ssize_t groups,
-                                Py_ssize_t channels_per_group, const real* weight,
-                                const real* bias, const double* means, const double* rstds,
-                                int activation) noexcept nogil:
-    cdef Py_ssize_t p = k // chunks_per_group
-    cdef Py_ssize_t start = (k % chunks_per_group) * CHUNK
-    cdef Py_ssize_t first_channel = (p % groups) * channels_per_group
-    apply_range(x + p * length, y + p * length, start, min(start + CHUNK, length), hw,
-                weight + first_channel if weight != NULL else NULL,
-                bias + first_channel if bias != NULL else NULL,
-                means[p], rstds[p], activation)
+cdef inline void apply_share(const real* src, real* y, const real* weight, const real* bias,
+                             Py_ssize_t t, int threads, Py_ssize_t total, GroupsNCHW* g,
+                             const Moments* parts) noexcept nogil:
+    # The same share as stats_share, last-read chunk first (still in L2).
+    cdef Py_ssize_t k
+    for k in range(share_start(total, t + 1, threads) - 1, share_start(total, t, threads) - 1, -1):
+        apply_chunk_at(src, y, weight, bias, k, g, parts)
 
 
-cdef int run_nchw(const real* x, real* y, Py_ssize_t n, Py_ssize_t c, Py_ssize_t hw,
-                  Py_ssize_t groups, const real* weight, const real* bias, double eps,
-                  int activation, int threads) noexcept nogil:
+cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const real* weight,
+                  const real* bias, const real* skip_bias, Py_ssize_t n, Py_ssize_t c,
+                  GroupsNCHW* g, int threads) noexcept nogil:
     """Returns 0, or -1 if scratch memory could not be allocated."""
-    cdef Py_ssize_t cpg = c // groups
-    cdef Py_ssize_t length = cpg * hw
-    cdef Py_ssize_t pairs = n * groups
-    cdef Py_ssize_t chunks_per_group = (length + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t p, k, total
+    cdef Py_ssize_t pairs = n * g.groups
+    cdef Py_ssize_t p, t, total
     cdef Moments* parts
-    cdef double* means
-    cdef double* rstds
+    cdef const real* src = x
+    if buf != NULL:
+        src = buf
     if pairs >= threads and (pairs % threads == 0 or pairs >= 8 * threads):
         # Enough (sample, group) pairs to balance: each thread finishes whole
         # groups, so the second read of a group hits its cache.
         for p in prange(pairs, num_threads=threads, schedule="static"):
-            normalize_group(x + p * length, y + p * length, length, hw,
-                            weight + (p % groups) * cpg if weight != NULL else NULL,
-                            bias + (p % groups) * cpg if bias != NULL else NULL,
-                            eps, activation)
+            normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
         return 0
     # Few pairs for the threads (N=1, G=1 is LayerNorm over C x HW): split
     # groups into chunks. Moments per chunk in parallel, merge per group in
-    # fixed order, then the apply per chunk in parallel. The static schedule
-    # hands each thread the same chunks in both parallel loops.
-    total = pairs * chunks_per_group
+    # the same order as above, then the apply per chunk in parallel. Thread t
+    # takes share t of the chunks in both loops (static schedule, chunk size
+    # 1, one iteration per thread), so the apply reads what it just read.
+    total = pairs * g.chunks_per_group
     parts = <Moments*>malloc(total * sizeof(Moments))
-    means = <double*>malloc(pairs * sizeof(double))
-    rstds = <double*>malloc(pairs * sizeof(double))
-    if parts == NULL or means == NULL or rstds == NULL:
-        free(parts)
-        free(means)
-        free(rstds)
+    if parts == NULL:
         return -1
-    for k in prange(total, num_threads=threads, schedule="static"):
-        chunk_moments_at(x, k, chunks_per_group, length, parts)
+    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+        stats_share(x, skip, buf, skip_bias, t, threads, total, g, parts)
     for p in range(pairs):
-        merge_group(x, p, chunks_per_group, length, parts, eps, means, rstds)
-    for k in prange(total, num_threads=threads, schedule="static"):
-        apply_chunk_at(x, y, k, chunks_per_group, length, hw, groups, cpg, weight, bias,
-                       means, rstds, activation)
+        merge_group_at(src, p, g, parts)
+    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+        apply_share(src, y, weight, bias, t, threads, total, g, parts)
     free(parts)
-    free(means)
-    free(rstds)
     return 0
 
 
-cdef inline const void* data_or_null(object a):
+# ---------------------------------------------------------------- NHWC
+
+cdef struct GroupsNHWC:
+    Py_ssize_t rows, channels, groups, channels_per_group, blocks_per_sample
+    double eps
+    int activation
+
+
+cdef inline void channel_sums(const real* x, Py_ssize_t rows, Py_ssize_t nc, real* centre,
+                              real* acc_d, real* acc_dd) noexcept nogil:
+    """Per-channel shifted sums over `rows` contiguous rows of nc channels,
+    centred per channel on the mean of 8 rows spread over the block. Rows
+    are walked in memory order (prefetch-friendly); the nc-long accumulator
+    rows stay in L1. Two rows per step halve their loads and stores."""
+    cdef Py_ssize_t r, ch, k, j, width
+    cdef const real* row
+    cdef const real* row2
+    cdef real d, e
+    cdef real local[LANES]   # a local array cannot alias x: this loop vectorizes
+    for k in range((nc + LANES - 1) // LANES):
+        width = min(<Py_ssize_t>LANES, nc - k * LANES)
+        for j in range(LANES):
+            local[j] = 0
+        for r in range(8):
+            row = x + ((r * rows) // 8) * nc + k * LANES
+            for j in range(LANES):
+                local[j] += (row[j] if j < width else 0) * <real>0.125
+        for j in range(width):
+            centre[k * LANES + j] = local[j]
+    for ch in range(nc):
+        acc_d[ch] = 0
+        acc_dd[ch] = 0
+    for r in range(rows // 2):
+        row = x + 2 * r * nc
+        row2 = row + nc
+        for ch in range(nc):
+            d = row[ch] - centre[ch]
+            e = row2[ch] - centre[ch]
+            acc_d[ch] += d + e
+            acc_dd[ch] += d * d + e * e
+    if rows % 2:
+        row = x + (rows - 1) * nc
+        for ch in range(nc):
+            d = row[ch] - centre[ch]
+            acc_d[ch] += d
+            acc_dd[ch] += d * d
+
+
+cdef inline void add_residual_rows(const real* x, const real* skip, const real* skip_bias,
+                                   real* dst, Py_ssize_t rows, Py_ssize_t nc) noexcept nogil:
+    """dst = x + skip + skip_bias over `rows` contiguous rows of nc channels."""
+    cdef Py_ssize_t r, ch
+    for r in range(rows):
+        for ch in range(nc):
+            dst[r * nc + ch] = (x[r * nc + ch] + (skip[r * nc + ch] if skip != NULL else 0)) \
+                               + (skip_bias[ch] if skip_bias != NULL else 0)
+
+
+cdef inline int block_stats(const real* x, const real* skip, const real* skip_bias, real* buf,
+                            Py_ssize_t b, GroupsNHWC* g, Moments* parts) noexcept nogil:
+    """Moments of each group over one block of ROWS rows of one sample, into
+    parts[b * groups + group]: per-channel shifted sums, then each group's
+    channels combined. Returns -1 if out of memory."""
+    cdef Py_ssize_t nc = g.channels
+    cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
+    cdef Py_ssize_t rows = min(ROWS, g.rows - first)
+    cdef Py_ssize_t offset = ((b // g.blocks_per_sample) * g.rows + first) * nc
+    cdef Py_ssize_t k, ch
+    cdef real* sums = <real*>malloc(3 * nc * sizeof(real))
+    cdef Moments* channel = <Moments*>malloc(nc * sizeof(Moments))
+    cdef real* centre = sums
+    cdef real* acc_d = sums + nc
+    cdef real* acc_dd = sums + 2 * nc
+    if sums == NULL or channel == NULL:
+        free(sums)
+        free(channel)
+        return -1
+    if buf != NULL:
+        add_residual_rows(x + offset, shift(skip, offset), skip_bias, buf + offset, rows, nc)
+        x = buf
+    channel_sums(x + offset, rows, nc, centre, acc_d, acc_dd)
+    for ch in range(nc):
+        channel[ch].count = rows
+        channel[ch].mean = centre[ch] + <double>acc_d[ch] / rows
+        channel[ch].m2 = max(<double>acc_dd[ch] - <double>acc_d[ch] * (<double>acc_d[ch] / rows), 0.0)
+    for k in range(g.groups):
+        parts[b * g.groups + k] = combine_equal(channel + k * g.channels_per_group,
+                                                g.channels_per_group, 1)
+    free(sums)
+    free(channel)
+    return 0
+
+
+cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, Moments* parts,
+                                 const real* weight, const real* bias, real* table) noexcept nogil:
+    """Merge the blocks of (sample, group) pair p in block order; write its
+    channels' head / a / b into table[(n * 3 + {0,1,2}) * C + channel]."""
+    cdef Py_ssize_t n = p // g.groups
+    cdef Py_ssize_t k = p % g.groups
+    cdef Py_ssize_t blk, ch
+    cdef Moments m
+    cdef double rstd
+    cdef real* head = table + (n * 3) * g.channels
+    cdef real* a = head + g.channels
+    cdef real* b = a + g.channels
+    cdef Py_ssize_t full = g.rows // ROWS   # blocks of exactly ROWS rows
+    cdef const Moments* first = parts + (n * g.blocks_per_sample) * g.groups + k
+    reset_moments(&m)
+    if full > 0:
+        m = combine_equal(first, full, g.groups)
+    if full < g.blocks_per_sample:
+        merge_moments(&m, first[full * g.groups])
+    if overflowed(m):
+        m = exact_moments(src + n * g.rows * g.channels + k * g.channels_per_group, g.rows,
+                          g.channels_per_group, g.channels)
+    rstd = inv_std(m, g.eps)
+    for ch in range(k * g.channels_per_group, (k + 1) * g.channels_per_group):
+        affine_coefficients(m.mean, rstd, weight, bias, ch, &head[ch], &a[ch], &b[ch])
+
+
+cdef inline void apply_block(const real* src, real* y, Py_ssize_t b, GroupsNHWC* g,
+                             const real* table) noexcept nogil:
+    """Normalize one block of rows in memory order, with the sample's
+    per-channel coefficients (3 rows of C in `table`, L1-resident)."""
+    cdef Py_ssize_t nc = g.channels
+    cdef Py_ssize_t n = b // g.blocks_per_sample
+    cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
+    cdef Py_ssize_t r, ch, start, stop, offset
+    cdef const real* head = table + (n * 3) * nc
+    cdef const real* a = head + nc
+    cdef const real* sh = a + nc
+    cdef const real* row
+    cdef real* out
+    for r in range(first, min(first + ROWS, g.rows)):
+        offset = (n * g.rows + r) * nc
+        row = src + offset
+        out = y + offset
+        for ch in range(nc):
+            out[ch] = (row[ch] - head[ch]) * a[ch] + sh[ch]
+        if g.activation != ACT_NONE:
+            activate(out, nc, g.activation)
+
+
+cdef inline int stats_blocks_share(const real* x, const real* skip, const real* skip_bias,
+                                   real* buf, Py_ssize_t t, int threads, Py_ssize_t blocks,
+                                   GroupsNHWC* g, Moments* parts) noexcept nogil:
+    cdef Py_ssize_t b
+    cdef int failed = 0
+    for b in range(share_start(blocks, t, threads), share_start(blocks, t + 1, threads)):
+        failed |= block_stats(x, skip, skip_bias, buf, b, g, parts)
+    return failed
+
+
+cdef inline void apply_blocks_share(const real* src, real* y, Py_ssize_t t, int threads,
+                                    Py_ssize_t blocks, GroupsNHWC* g,
+                                    const real* table) noexcept nogil:
+    # The same share as stats_blocks_share, last-read block first (still in L2).
+    cdef Py_ssize_t b
+    for b in range(share_start(blocks, t + 1, threads) - 1, share_start(blocks, t, threads) - 1, -1):
+        apply_block(src, y, b, g, table)
+
+
+cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const real* weight,
+                  const real* bias, const real* skip_bias, Py_ssize_t n, GroupsNHWC* g,
+                  int threads) noexcept nogil:
+    """Stats per (sample, row block) in parallel, merge per (sample, group),
+    then the apply per (sample, row block); each thread takes the same share
+    of blocks in both passes. Returns 0, or -1 if out of memory."""
+    cdef Py_ssize_t blocks = n * g.blocks_per_sample
+    cdef Py_ssize_t t, p
+    cdef int failed = 0
+    cdef const real* src = x
+    cdef Moments* parts = <Moments*>malloc(blocks * g.groups * sizeof(Moments))
+    cdef real* table = <real*>malloc(n * 3 * g.channels * sizeof(real))
+    if buf != NULL:
+        src = buf
+    if parts == NULL or table == NULL:
+        free(parts)
+        free(table)
+        return -1
+    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+        failed |= stats_blocks_share(x, skip, skip_bias, buf, t, threads, blocks, g, parts)
+    if failed == 0:
+        for p in prange(n * g.groups, num_threads=threads, schedule="static"):
+            merge_blocks_at(src, p, g, parts, weight, bias, table)
+        for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+            apply_blocks_share(src, y, t, threads, blocks, g, table)
+    free(parts)
+    free(table)
+    return -1 if failed else 0
+
+
+# ---------------------------------------------------------------- Python entry
+
+cdef inline void* data_or_null(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-def group_norm_nchw(cnp.ndarray x, cnp.ndarray out, object weight, object bias,
-                    Py_ssize_t num_groups, double eps, int activation, int threads):
-    """Normalize x (N, C, *spatial; C-contiguous float32/float64) into out.
+def group_norm(cnp.ndarray x, cnp.ndarray out, object weight, object bias,
+               Py_ssize_t num_groups, double eps, int activation, int threads,
+               bint channels_last=False, object skip=None, object skip_bias=None,
+               object sum_out=None):
+    """Normalize x into out.
 
-    x     IN   C-contiguous, float32 or float64
-    out   OUT  same shape and dtype, C-contiguous; may be x itself
-    weight, bias  IN  None or C-contiguous (C,) arrays of x's dtype
+    x        IN   C-contiguous float32/float64, (N, C, *spatial), or
+                  (N, *spatial, C) when channels_last
+    out      OUT  same shape and dtype, C-contiguous; may be x itself
+    weight, bias, skip_bias  IN  None or C-contiguous (C,) arrays of x's dtype
+    skip     IN   None or like x
+    sum_out  OUT  None or like x: receives x + skip + skip_bias
+    activation    one of ACTIVATION_CODES' values
     """
-    cdef Py_ssize_t n = x.shape[0], c = x.shape[1]
-    cdef Py_ssize_t hw = 1
-    cdef int rc = 0, dim
-    for dim in range(2, x.ndim):
-        hw *= x.shape[dim]
-    if n * c * hw == 0:
-        return out
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t c = x.shape[x.ndim - 1] if channels_last else x.shape[1]
+    cdef Py_ssize_t spatial = x.size // (n * c) if n * c else 0
+    cdef int rc = 0
+    cdef bint residual = skip is not None or skip_bias is not None
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* yp = cnp.PyArray_DATA(out)
-    cdef const void* wp = data_or_null(weight)
-    cdef const void* bp = data_or_null(bias)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+    cdef void* sp = data_or_null(skip)
+    cdef void* bufp = (data_or_null(sum_out) if sum_out is not None else yp) if residual else NULL
+    cdef void* wp = data_or_null(weight)
+    cdef void* bp = data_or_null(bias)
+    cdef void* sbp = data_or_null(skip_bias)
+    cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    cdef GroupsNCHW nchw
+    cdef GroupsNHWC nhwc
+    if x.size == 0:
+        return out
+    if channels_last:
+        nhwc.rows = spatial
+        nhwc.channels = c
+        nhwc.groups = num_groups
+        nhwc.channels_per_group = c // num_groups
+        nhwc.blocks_per_sample = (spatial + ROWS - 1) // ROWS
+        nhwc.eps = eps
+        nhwc.activation = activation
         with nogil:
-            rc = run_nchw(<const float*>xp, <float*>yp, n, c, hw, num_groups,
-                          <const float*>wp, <const float*>bp, eps, activation, threads)
+            if single:
+                rc = run_nhwc(<const float*>xp, <float*>yp, <const float*>sp, <float*>bufp,
+                              <const float*>wp, <const float*>bp, <const float*>sbp, n, &nhwc,
+                              threads)
+            else:
+                rc = run_nhwc(<const double*>xp, <double*>yp, <const double*>sp, <double*>bufp,
+                              <const double*>wp, <const double*>bp, <const double*>sbp, n, &nhwc,
+                              threads)
     else:
+        nchw.hw = spatial
+        nchw.groups = num_groups
+        nchw.channels_per_group = c // num_groups
+        nchw.length = nchw.channels_per_group * spatial
+        nchw.chunks_per_group = (nchw.length + CHUNK - 1) // CHUNK
+        nchw.eps = eps
+        nchw.activation = activation
         with nogil:
-            rc = run_nchw(<const double*>xp, <double*>yp, n, c, hw, num_groups,
-                          <const double*>wp, <const double*>bp, eps, activation, threads)
+            if single:
+                rc = run_nchw(<const float*>xp, <float*>yp, <const float*>sp, <float*>bufp,
+                              <const float*>wp, <const float*>bp, <const float*>sbp, n, c, &nchw,
+                              threads)
+            else:
+                rc = run_nchw(<const double*>xp, <double*>yp, <const double*>sp, <double*>bufp,
+                              <const double*>wp, <const double*>bp, <const double*>sbp, n, c,
+                              &nchw, threads)
     if rc != 0:
         raise MemoryError("gncpu: could not allocate scratch memory for the group statistics")
     return out
 
 
-cdef enum:
-    COPY_BLOCK = 65536
-
 cdef inline void copy_block(const char* src, char* dst, Py_ssize_t k, Py_ssize_t nbytes) noexcept nogil:
     cdef Py_ssize_t start = k * COPY_BLOCK
-    memcpy(dst + start, src + start, min(COPY_BLOCK, nbytes - start))
+    memcpy(dst + start, src + start, min(<Py_ssize_t>COPY_BLOCK, nbytes - start))
 
 
 def parallel_copy(cnp.ndarray src, cnp.ndarray dst, int threads):
