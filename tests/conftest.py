@@ -179,12 +179,15 @@ def assert_matches_oracle(y, ref, dtype, kind):
         assert_close(y, ref, tolerance(dtype, kind))
 
 
-def run_variant(module, x, num_groups, weight=None, bias=None, eps=1e-5, threads=1, out=None):
-    """Call one compiled variant's NCHW kernel directly (bypassing the Python
-    layer's thread policy, which runs small inputs on one thread)."""
+def run_variant(module, x, num_groups, weight=None, bias=None, eps=1e-5, threads=1, out=None, *,
+                activation=None, channels_last=False, skip=None, skip_bias=None, sum_out=None):
+    """Call one compiled variant's kernel directly, bypassing the Python layer
+    (whose thread policy runs small inputs on one thread). Arrays must be what
+    the kernel expects: C-contiguous, of the compute dtype."""
     if out is None:
         out = np.empty_like(x)
-    module.group_norm_nchw(x, out, weight, bias, num_groups, eps, 0, threads)
+    module.group_norm(x, out, weight, bias, num_groups, eps, module.ACTIVATION_CODES[activation],
+                      threads, channels_last, skip, skip_bias, sum_out)
     return out
 
 
