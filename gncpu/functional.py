@@ -62,6 +62,8 @@ def _channel_param(value, name, channels, dtype):
 
 
 def _check_eps(eps):
+    if type(eps) is float and 0.0 <= eps < math.inf:
+        return eps
     try:
         value = float(eps)
     except (TypeError, ValueError):
@@ -73,10 +75,12 @@ def _check_eps(eps):
 
 def _check_groups(num_groups, shape, channels=None):
     """num_groups as an int that divides the channel count (shape[1] unless given)."""
+    channels = shape[1] if channels is None else channels
+    if type(num_groups) is int and num_groups > 0 and channels % num_groups == 0:
+        return num_groups
     if isinstance(num_groups, bool) or not hasattr(num_groups, "__index__"):
         raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__} {num_groups!r}")
     groups = operator.index(num_groups)
-    channels = shape[1] if channels is None else channels
     if groups <= 0:
         raise ValueError(f"num_groups={groups} must be positive (input shape {shape})")
     if channels % groups:
@@ -84,7 +88,7 @@ def _check_groups(num_groups, shape, channels=None):
     return groups
 
 
-def _check_out(out, x, dtype, to_kernel):
+def _check_out(out, x, dtype, moved):
     """out must be a writeable array of x's shape, dtype and layout (C-contiguous
     in the kernel's layout) that is either x itself or does not overlap it."""
     if not isinstance(out, np.ndarray):
@@ -95,10 +99,9 @@ def _check_out(out, x, dtype, to_kernel):
         raise ValueError(f"out has dtype {out.dtype}, expected the input's dtype {dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only: expected a writeable array")
-    if not to_kernel(out).flags.c_contiguous:
-        raise ValueError(f"out must have the input's memory layout (C-contiguous"
-                         f"{', channels-last strides' if to_kernel(x) is not x else ''}), "
-                         f"got strides {out.strides} for shape {out.shape}")
+    if not (_to_nhwc(out) if moved else out).flags.c_contiguous:
+        layout = "channels-last strides, like the input" if moved else "C-contiguous"
+        raise ValueError(f"out must be {layout}: got strides {out.strides} for shape {out.shape}")
     if out is not x and np.may_share_memory(out, x):
         same = out.ctypes.data == x.ctypes.data and out.strides == x.strides
         if not same:
@@ -115,27 +118,29 @@ def _check_activation(activation):
                          f"{names}") from None
 
 
-def _channels_last_view(x):
-    """x (N, C, *spatial) as an (N, *spatial, C) view if that view is
-    C-contiguous (a torch channels_last tensor, a transposed NHWC array), else None."""
-    if x.ndim < 3 or x.flags.c_contiguous:
-        return None
-    view = np.moveaxis(x, 1, -1)
-    return view if view.flags.c_contiguous else None
+def _has_channels_last_strides(x):
+    """True for an (N, C, *spatial) array that is not C-contiguous but whose
+    (N, *spatial, C) view is: a torch channels_last tensor, np.transpose of
+    an NHWC array."""
+    return x.ndim >= 3 and not x.flags.c_contiguous and _to_nhwc(x).flags.c_contiguous
 
 
-def _as_kernel_layout(a, to_kernel, dtype):
-    """a (the caller's layout) as a C-contiguous array of `dtype` in the kernel's layout."""
-    return np.ascontiguousarray(to_kernel(a), dtype=dtype)
+def _to_nhwc(a):
+    return np.moveaxis(a, 1, -1)
 
 
-def _check_skip(skip, x, dtype, to_kernel):
+def _to_nchw(a):
+    return np.moveaxis(a, -1, 1)
+
+
+def _check_skip(skip, x, dtype, moved):
+    """skip as a C-contiguous array of the compute dtype in the kernel's layout."""
     arr = _as_array(skip)
     if arr.shape != x.shape:
         raise ValueError(f"skip has shape {arr.shape}, expected the input's shape {x.shape}")
     if arr.dtype.kind != "f":
         raise ValueError(f"skip must hold floating-point values, got dtype {arr.dtype}")
-    return _as_kernel_layout(arr, to_kernel, dtype)
+    return np.ascontiguousarray(_to_nhwc(arr) if moved else arr, dtype=dtype)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None,
@@ -199,41 +204,35 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activatio
     threads = _config.resolve_threads(num_threads, x.size)
 
     # The kernel's layout: NCHW, or NHWC for channels_last=True and for
-    # NCHW-shaped arrays with channels-last strides.
-    view = None if channels_last else _channels_last_view(x)
-    kernel_nhwc = channels_last or view is not None
-    if view is not None:
-        to_kernel, from_kernel = (lambda a: np.moveaxis(a, 1, -1)), (lambda a: np.moveaxis(a, -1, 1))
-    else:
-        to_kernel = from_kernel = lambda a: a
+    # NCHW-shaped arrays with channels-last strides (`moved`: the kernel sees
+    # np.moveaxis(x, 1, -1), a C-contiguous view).
+    moved = not channels_last and _has_channels_last_strides(x)
     if out is not None:
-        _check_out(out, x, dtype, to_kernel)
+        _check_out(out, x, dtype, moved)
     if skip is not None:
-        skip = _check_skip(skip, x, compute, to_kernel)
-        if out is not None and out is not input and np.may_share_memory(out, skip):
+        skip = _check_skip(skip, x, compute, moved)
+        if out is not None and out is not x and np.may_share_memory(out, skip):
             raise ValueError("out overlaps skip: expected a separate array")
 
-    src = to_kernel(x)
+    src = _to_nhwc(x) if moved else x
     direct = compute == dtype and src.flags.c_contiguous
-    if not direct:
-        # float16, or a strided view: compute on a contiguous copy.
-        src = np.ascontiguousarray(src, dtype=compute)
-    if direct and out is not None:
-        y = to_kernel(out)
+    if direct:
+        y = np.empty(src.shape, compute) if out is None else (_to_nhwc(out) if moved else out)
     else:
-        y = src if not direct else np.empty(src.shape, compute)
+        # float16, or a strided view: compute in place on a contiguous copy.
+        src = y = np.ascontiguousarray(src, dtype=compute)
     total = np.empty(src.shape, compute) if return_sum else None
-    kernels.group_norm(src, y, weight, bias, groups, eps, act, threads, kernel_nhwc, skip,
-                       skip_bias, total)
-    result = from_kernel(y)
-    if result.dtype != dtype:
-        result = result.astype(dtype)
-    if out is not None and (not direct):
-        np.copyto(out, result, casting="unsafe")
-        result = out
-    elif out is not None:
+    kernels.group_norm(src, y, weight, bias, groups, eps, act, threads, channels_last or moved,
+                       skip, skip_bias, total)
+    result = _to_nchw(y) if moved else y
+    if not direct:
+        if out is None:
+            result = result.astype(dtype, copy=False)
+        else:
+            np.copyto(out, result, casting="unsafe")
+    if out is not None:
         result = out
     if return_sum:
-        total = from_kernel(total)
+        total = _to_nchw(total) if moved else total
         return result, total.astype(dtype, copy=False)
     return result

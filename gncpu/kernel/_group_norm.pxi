@@ -58,8 +58,6 @@ cdef enum:
     # NHWC rows per stats block: each per-channel accumulator sums <= 64
     # values, as an NCHW lane does.
     ROWS = 64
-    # Elements per apply block: the activation pass re-reads it from L1.
-    APPLY_BLOCK = 1024
     COPY_BLOCK = 65536
 
 cdef enum:
@@ -227,35 +225,52 @@ cdef inline real relu(real v) noexcept nogil:
     return 0 if v < 0 else v  # NaN stays NaN
 
 
-cdef inline void activate(real* y, Py_ssize_t n, int activation) noexcept nogil:
-    """In place on a block that is in L1; one loop per activation so each
-    vectorizes on its own."""
-    cdef Py_ssize_t i
-    if activation == ACT_SILU:
-        for i in range(n):
-            y[i] = silu(y[i])
-    elif activation == ACT_RELU:
-        for i in range(n):
-            y[i] = relu(y[i])
-    elif activation == ACT_GELU:
-        for i in range(n):
-            y[i] = gelu(y[i])
-    elif activation == ACT_GELU_TANH:
-        for i in range(n):
-            y[i] = gelu_tanh(y[i])
-
+# The apply loops: one loop per activation, each a single expression, so
+# every one vectorizes on its own and the activation's arithmetic overlaps
+# the loads and stores of the same loop (a separate activation pass would
+# serialize the memory-bound and the compute-bound work).
 
 cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, real a, real b,
                                int activation) noexcept nogil:
     """y = act((x - head) * a + b) for one channel's run (NCHW)."""
-    cdef Py_ssize_t i, blk, start, stop
-    for blk in range((n + APPLY_BLOCK - 1) // APPLY_BLOCK):
-        start = blk * APPLY_BLOCK
-        stop = min(n, start + APPLY_BLOCK)
-        for i in range(start, stop):
+    cdef Py_ssize_t i
+    if activation == ACT_NONE:
+        for i in range(n):
             y[i] = (x[i] - head) * a + b
-        if activation != ACT_NONE:
-            activate(y + start, stop - start, activation)
+    elif activation == ACT_SILU:
+        for i in range(n):
+            y[i] = silu((x[i] - head) * a + b)
+    elif activation == ACT_RELU:
+        for i in range(n):
+            y[i] = relu((x[i] - head) * a + b)
+    elif activation == ACT_GELU:
+        for i in range(n):
+            y[i] = gelu((x[i] - head) * a + b)
+    else:
+        for i in range(n):
+            y[i] = gelu_tanh((x[i] - head) * a + b)
+
+
+cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* head,
+                              const real* a, const real* b, int activation) noexcept nogil:
+    """y = act((x - head) * a + b) along one row of channels (NHWC), with
+    per-channel coefficients."""
+    cdef Py_ssize_t i
+    if activation == ACT_NONE:
+        for i in range(n):
+            y[i] = (x[i] - head[i]) * a[i] + b[i]
+    elif activation == ACT_SILU:
+        for i in range(n):
+            y[i] = silu((x[i] - head[i]) * a[i] + b[i])
+    elif activation == ACT_RELU:
+        for i in range(n):
+            y[i] = relu((x[i] - head[i]) * a[i] + b[i])
+    elif activation == ACT_GELU:
+        for i in range(n):
+            y[i] = gelu((x[i] - head[i]) * a[i] + b[i])
+    else:
+        for i in range(n):
+            y[i] = gelu_tanh((x[i] - head[i]) * a[i] + b[i])
 
 
 cdef inline void affine_coefficients(double mean, double rstd, const real* weight,
@@ -432,6 +447,10 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
     cdef const real* src = x
     if buf != NULL:
         src = buf
+    if threads == 1:  # no parallel region at all: opening one costs ~1 us
+        for p in range(pairs):
+            normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
+        return 0
     if pairs >= threads and (pairs % threads == 0 or pairs >= 8 * threads):
         # Enough (sample, group) pairs to balance: each thread finishes whole
         # groups, so the second read of a group hits its cache.
@@ -584,20 +603,13 @@ cdef inline void apply_block(const real* src, real* y, Py_ssize_t b, GroupsNHWC*
     cdef Py_ssize_t nc = g.channels
     cdef Py_ssize_t n = b // g.blocks_per_sample
     cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
-    cdef Py_ssize_t r, ch, start, stop, offset
+    cdef Py_ssize_t r, offset
     cdef const real* head = table + (n * 3) * nc
     cdef const real* a = head + nc
     cdef const real* sh = a + nc
-    cdef const real* row
-    cdef real* out
     for r in range(first, min(first + ROWS, g.rows)):
         offset = (n * g.rows + r) * nc
-        row = src + offset
-        out = y + offset
-        for ch in range(nc):
-            out[ch] = (row[ch] - head[ch]) * a[ch] + sh[ch]
-        if g.activation != ACT_NONE:
-            activate(out, nc, g.activation)
+        affine_table(src + offset, y + offset, nc, head, a, sh, g.activation)
 
 
 cdef inline int stats_blocks_share(const real* x, const real* skip, const real* skip_bias,
@@ -637,9 +649,16 @@ cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const rea
         free(parts)
         free(table)
         return -1
-    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
-        failed |= stats_blocks_share(x, skip, skip_bias, buf, t, threads, blocks, g, parts)
-    if failed == 0:
+    if threads == 1:  # no parallel region at all: opening one costs ~1 us
+        failed = stats_blocks_share(x, skip, skip_bias, buf, 0, 1, blocks, g, parts)
+    else:
+        for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+            failed |= stats_blocks_share(x, skip, skip_bias, buf, t, threads, blocks, g, parts)
+    if failed == 0 and threads == 1:
+        for p in range(n * g.groups):
+            merge_blocks_at(src, p, g, parts, weight, bias, table)
+        apply_blocks_share(src, y, 0, 1, blocks, g, table)
+    elif failed == 0:
         for p in prange(n * g.groups, num_threads=threads, schedule="static"):
             merge_blocks_at(src, p, g, parts, weight, bias, table)
         for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
