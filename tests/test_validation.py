@@ -160,8 +160,7 @@ def test_out_read_only(x):
 def test_out_not_contiguous(x, layout):
     out = np.empty((2, 4, 6), np.float32)[..., ::2] if layout == "strided" \
         else np.asfortranarray(np.empty(SHAPE, np.float32))
-    with raises(ValueError, "out must have the input's memory layout (C-contiguous)",
-                f"got strides {out.strides} for shape {SHAPE}"):
+    with raises(ValueError, "out must be C-contiguous", f"strides {out.strides} for shape {SHAPE}"):
         gncpu.group_norm(x, 2, out=out)
 
 
