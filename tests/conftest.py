@@ -99,6 +99,15 @@ def is_channels_last(a):
     return np.moveaxis(a, 1, -1).flags.c_contiguous
 
 
+def assert_same_layout(a, b):
+    """a and b have the same memory layout (strides, on axes longer than 1)."""
+    assert a.shape == b.shape, f"shape {a.shape} vs {b.shape}"
+    scale = b.itemsize / a.itemsize
+    mismatched = [axis for axis, size in enumerate(a.shape)
+                  if size > 1 and a.strides[axis] * scale != b.strides[axis]]
+    assert not mismatched, f"strides {a.strides} vs {b.strides} differ on axes {mismatched}"
+
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = available_variants()
 
