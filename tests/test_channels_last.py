@@ -6,6 +6,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gncpu
 from conftest import (F32_TOL, VARIANTS, assert_bitwise_equal, assert_close, assert_matches_oracle,
@@ -153,6 +155,33 @@ def test_non_finite_value_poisons_only_its_group(rng, threads, where, dtype, val
     bad[...] = 0
     clean[..., group * cpg:(group + 1) * cpg] = 0
     assert_bitwise_equal(y, clean, "outside the poisoned group")
+
+
+@st.composite
+def channels_last_problems(draw):
+    """Small random problems whose rows straddle the kernel's 64-row blocks
+    and whose channel counts straddle its 64 lanes."""
+    groups = draw(st.integers(1, 4))
+    channels = groups * draw(st.sampled_from([1, 2, 3, 5, 16, 17, 33]))
+    rank = draw(st.integers(3, 5))
+    spatial = tuple(draw(st.lists(st.sampled_from([1, 2, 3, 7, 9, 13, 65]), min_size=rank - 2,
+                                  max_size=rank - 2)))
+    n = draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from(FLOAT_DTYPES))
+    return ((n, channels) + spatial, groups, dtype, draw(st.sampled_from(CL_LAYOUTS)),
+            draw(st.sampled_from(["normal", offset_kind(dtype)])), draw(st.integers(0, 2**32 - 1)))
+
+
+@settings(max_examples=50, deadline=None)
+@given(channels_last_problems())
+def test_random_channels_last_problems(problem):
+    shape, groups, dtype, layout, kind, seed = problem
+    rng = np.random.default_rng(seed)
+    x, eps = make_data(rng, shape, dtype, kind)
+    weight, bias = make_affine(rng, shape[1], dtype, "normal")
+    y, ref, given_array = run(x, layout, groups, weight, bias, eps, num_threads=2)
+    assert_same_layout(y, given_array)
+    assert_matches_oracle(y, ref, dtype, kind)
 
 
 # --------------------------------------------------------------------------- threads, variants

@@ -3,6 +3,8 @@ normalizing (skip, skip_bias, return_sum), on every layout and dtype, against
 the float64 oracle composed with a float64 activation."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gncpu
 from gncpu import reference
@@ -267,6 +269,26 @@ def test_inputs_not_modified(rng, layout, dtype):
                      return_sum=True, activation="silu", **kwargs)
     for now, then in zip(arrays, saved):
         assert_bitwise_equal(now, then, "(modified)")
+
+
+@settings(max_examples=50, deadline=None)
+@given(shape=st.sampled_from([c[0] for c in CASES[:3]] + [(3, 8, 5), (1, 16, 3, 3, 3)]),
+       dtype=st.sampled_from(FLOAT_DTYPES), layout=st.sampled_from(LAYOUTS),
+       activation=st.sampled_from(ACTIVATIONS), residual=st.sampled_from([None] + RESIDUALS),
+       seed=st.integers(0, 2**32 - 1))
+def test_random_epilogue_combinations(shape, dtype, layout, activation, residual, seed):
+    rng = np.random.default_rng(seed)
+    groups = 4 if shape[1] % 4 == 0 else 1
+    x, eps = make_data(rng, shape, dtype)
+    weight, bias = make_affine(rng, shape[1], dtype, "normal")
+    skip, skip_bias = residual_inputs(rng, shape, dtype, residual) if residual else (None, None)
+    given_array, kwargs = to_layout(x, layout)
+    skip_given = None if skip is None else to_layout(skip, layout)[0]
+    y = gncpu.group_norm(given_array, groups, weight, bias, eps, activation=activation,
+                         skip=skip_given, skip_bias=skip_bias, **kwargs)
+    ref = oracle(given_array, groups, weight, bias, eps, skip=skip_given, skip_bias=skip_bias, **kwargs)
+    assert_same_layout(y, given_array)
+    assert_matches_oracle(y, reference.apply_activation(ref, activation), dtype, "normal", fused=True)
 
 
 # --------------------------------------------------------------------------- threads

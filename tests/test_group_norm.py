@@ -617,13 +617,17 @@ def test_no_reference_leaks(rng):
 
 
 def test_memory_stable_over_ten_thousand_calls(rng):
-    """10^4 calls through every Python path and both kernel plans: each call
-    allocates ~5 KiB of output, so a leak of it would add ~50 MB."""
+    """10^4 calls through every Python path, both layouts and the epilogues.
+    Each call allocates >= 4 KiB of output, and the wide channels-last call
+    ~0.5 MB of kernel scratch, so leaking either would add >= 40 MB."""
     psutil = pytest.importorskip("psutil")
     process = psutil.Process()
     x32, _ = make_data(rng, (1, 8, 12, 12), np.float32)
     x16 = x32.astype(np.float16)
     strided = np.repeat(x32, 2, axis=-1)[..., ::2]
+    channels_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x32, 1, -1)), -1, 1)
+    skip = np.ones_like(x32)
+    wide, _ = make_data(rng, (8, 1, 1, 1280), np.float32)  # NHWC scratch: ~46 KB per row block
     weight, bias = make_affine(rng, 8, np.float32, "normal")
     chunked, _ = make_data(rng, (1, 3, 40, 40), np.float32)  # 3 groups, 2 threads: chunk plan
     chunked_out = np.empty_like(chunked)
@@ -631,15 +635,20 @@ def test_memory_stable_over_ten_thousand_calls(rng):
 
     def calls(count):
         for i in range(count):
-            step = i % 5
+            step = i % 6
+            if i % 50 == 0:
+                # few: a 2-thread fork/join on a loaded machine can take milliseconds
+                run_variant(kernel, chunked, 3, threads=2, out=chunked_out)
             if step == 0:
                 gncpu.group_norm(x32, 4, weight, bias)
             elif step == 1:
-                gncpu.group_norm(x16, 2)
+                gncpu.group_norm(x16, 2, activation="silu")
             elif step == 2:
                 gncpu.group_norm(strided, 8, weight)
             elif step == 3:
-                run_variant(kernel, chunked, 3, threads=2, out=chunked_out)
+                gncpu.group_norm(channels_last, 4, weight, bias, skip=skip, return_sum=True)
+            elif step == 4:
+                gncpu.group_norm(wide, 32, channels_last=True, activation="gelu")
             else:
                 try:
                     gncpu.group_norm(x32, 4, out=x16)

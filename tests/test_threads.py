@@ -16,6 +16,10 @@ from conftest import (VARIANTS, assert_bitwise_equal, assert_matches_oracle, mak
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
+# A build without OpenMP (GNCPU_NO_OPENMP=1, or a compiler without it) runs
+# serially: there is no OpenMP runtime to limit or configure.
+needs_openmp = pytest.mark.skipif(not _config.config()["openmp"], reason="gncpu built without OpenMP")
+
 
 def kernel_plan(pairs, threads):
     """The plan gncpu/kernel/_group_norm.pxi (run_nchw) picks: whole
@@ -133,6 +137,7 @@ def test_set_num_threads(restore_threads):
     assert gncpu.get_num_threads() == default
 
 
+@needs_openmp
 def test_threadpoolctl_limit_is_honoured(rng):
     openmp = [info for info in threadpoolctl.threadpool_info() if info["user_api"] == "openmp"]
     assert openmp, "threadpoolctl does not see the OpenMP runtime gncpu uses"
@@ -162,6 +167,7 @@ print(json.dumps({"threads": gncpu.get_num_threads(), "env": gncpu._config.confi
 """
 
 
+@needs_openmp
 @pytest.mark.parametrize("omp", ["1", "3"])
 def test_omp_num_threads_is_honoured(tmp_path, omp):
     result_file = tmp_path / "y.npy"
