@@ -5,6 +5,7 @@ contiguity, shapes, aliasing) is established here, with errors that name the
 argument, the value given and what was expected.
 """
 import math
+import numbers
 import operator
 
 import numpy as np
@@ -64,10 +65,9 @@ def _channel_param(value, name, channels, dtype):
 def _check_eps(eps):
     if type(eps) is float and 0.0 <= eps < math.inf:
         return eps
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__} {eps!r}") from None
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__} {eps!r}")
+    value = float(eps)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"eps={eps!r} must be finite and >= 0")
     return value
@@ -95,13 +95,14 @@ def _check_out(out, x, dtype, moved):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
     if out.shape != x.shape:
         raise ValueError(f"out has shape {out.shape}, expected the input's shape {x.shape}")
-    if out.dtype != dtype:
+    if out.dtype.newbyteorder("=") != dtype:
         raise ValueError(f"out has dtype {out.dtype}, expected the input's dtype {dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only: expected a writeable array")
     if not (_to_nhwc(out) if moved else out).flags.c_contiguous:
-        layout = "channels-last strides, like the input" if moved else "C-contiguous"
-        raise ValueError(f"out must be {layout}: got strides {out.strides} for shape {out.shape}")
+        layout = "channels-last strides" if moved else "C-contiguous"
+        raise ValueError(f"out must have the input's memory layout ({layout}), "
+                         f"got strides {out.strides} for shape {out.shape}")
     if out is not x and np.may_share_memory(out, x):
         same = out.ctypes.data == x.ctypes.data and out.strides == x.strides
         if not same:
@@ -215,7 +216,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activatio
             raise ValueError("out overlaps skip: expected a separate array")
 
     src = _to_nhwc(x) if moved else x
-    direct = compute == dtype and src.flags.c_contiguous
+    direct = compute == dtype and src.flags.c_contiguous and (out is None or out.dtype == dtype)
     if direct:
         y = np.empty(src.shape, compute) if out is None else (_to_nhwc(out) if moved else out)
     else:

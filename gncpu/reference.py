@@ -85,6 +85,11 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
         sb = np.asarray(skip_bias, dtype=sum_dtype).astype(np.float64).reshape(bshape)
         x = (x + sb).astype(sum_dtype).astype(np.float64)
     summed = x
+    if x.size == 0:
+        y = np.empty(x.shape, np.float64)
+        if channels_last:
+            y, summed = np.moveaxis(y, 1, -1), np.moveaxis(summed, 1, -1)
+        return (y, summed) if return_sum else y
     with np.errstate(all="ignore"):
         g = x.reshape(n, num_groups, -1)
         mean = g.mean(axis=2, keepdims=True)

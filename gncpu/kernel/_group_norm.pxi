@@ -13,7 +13,7 @@
 #
 # Layouts. NCHW: a (sample, group) is one contiguous run of (C/G)*HW
 # elements, cut into CHUNK-element chunks. NHWC: a sample is S rows of C
-# channels; blocks of ROWS rows are reduced per channel (vectorized over C),
+# channels; blocks of rows are reduced per channel (vectorized over C),
 # then channels merge into their group.
 #
 # Epilogue, fused into the apply loop: y = act((x - mean) * rstd * w + b),
@@ -55,9 +55,11 @@ cdef enum:
     LANES = 64
     # 4096 float32 = 16 KiB: a residual chunk's stats pass reads it from L1.
     CHUNK = 4096
-    # NHWC rows per stats block: each per-channel accumulator sums <= 64
-    # values, as an NCHW lane does.
+    # NHWC geometry (see GroupsNHWC): a line is at least LINE elements; a
+    # statistics block at least ROWS rows and about NHWC_BLOCK elements.
+    LINE = 512
     ROWS = 64
+    NHWC_BLOCK = 8192
     COPY_BLOCK = 65536
 
 cdef enum:
@@ -175,8 +177,8 @@ cdef inline double inv_std(Moments m, double eps) noexcept nogil:
 cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t width,
                                   Py_ssize_t stride) noexcept nogil:
     """Two-pass float64 moments of `rows` runs of `width` elements, `stride`
-    apart: the fallback when the fast sums overflowed (|x - centre| beyond
-    ~1e19 in float32, where its square is not representable)."""
+    apart: the fallback when the fast sums cannot be trusted (see
+    needs_exact_moments)."""
     cdef double s = 0, ss = 0, d
     cdef Py_ssize_t r, i
     cdef Moments m
@@ -193,9 +195,20 @@ cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t wid
     return m
 
 
-cdef inline bint overflowed(Moments m) noexcept nogil:
-    # finite data (finite mean) whose squared deviations overflowed
-    return isfinite(m.mean) and not isfinite(m.m2)
+cdef inline bint needs_exact_moments(const real* x, Moments m, double eps) noexcept nogil:
+    """True when the working-precision sums may be wrong: they overflowed
+    (|x - centre| beyond ~1e19 in float32, or values near the float32
+    maximum whose differences overflow), or the data has NaN/Inf (the float64
+    pass then reproduces NaN); or, in float32, the variance is so small that
+    squared deviations may have underflowed (|x - mean| below ~1e-19) and eps
+    does not dominate it. Never true for ordinary data: it costs one more
+    pass over the group."""
+    if not (isfinite(m.mean) and isfinite(m.m2)):
+        return True
+    if real is float:
+        return m.m2 / m.count + eps < 1e-30
+    else:
+        return False
 
 
 # ---------------------------------------------------------------- epilogue
@@ -230,9 +243,35 @@ cdef inline real relu(real v) noexcept nogil:
 # the loads and stores of the same loop (a separate activation pass would
 # serialize the memory-bound and the compute-bound work).
 
+cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size) noexcept nogil:
+    """Elements of `size` bytes from p to the next 64-byte boundary (0 for short runs).
+    Large NumPy buffers start 16 bytes past one: without peeling, every
+    vector store would straddle two cache lines."""
+    if n < 256:  # short runs: the peeled head would cost more than the split stores
+        return 0
+    return <Py_ssize_t>(((64 - (<size_t>p) % 64) % 64) // size)
+
+
 cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, real a, real b,
                                int activation) noexcept nogil:
-    """y = act((x - head) * a + b) for one channel's run (NCHW)."""
+    """y = act((x - head) * a + b) for one channel's run (NCHW), the stores
+    aligned to 64 bytes after a short head."""
+    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real))
+    affine_scalar_run(x, y, peel, head, a, b, activation)
+    affine_scalar_run(x + peel, y + peel, n - peel, head, a, b, activation)
+
+
+cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* head,
+                              const real* a, const real* b, int activation) noexcept nogil:
+    """y = act((x - head) * a + b) along one row of channels (NHWC), with
+    per-channel coefficients, the stores aligned to 64 bytes after a short head."""
+    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real))
+    affine_table_run(x, y, peel, head, a, b, activation)
+    affine_table_run(x + peel, y + peel, n - peel, head + peel, a + peel, b + peel, activation)
+
+
+cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real head, real a,
+                                   real b, int activation) noexcept nogil:
     cdef Py_ssize_t i
     if activation == ACT_NONE:
         for i in range(n):
@@ -251,10 +290,8 @@ cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, 
             y[i] = gelu_tanh((x[i] - head) * a + b)
 
 
-cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* head,
-                              const real* a, const real* b, int activation) noexcept nogil:
-    """y = act((x - head) * a + b) along one row of channels (NHWC), with
-    per-channel coefficients."""
+cdef inline void affine_table_run(const real* x, real* y, Py_ssize_t n, const real* head,
+                                  const real* a, const real* b, int activation) noexcept nogil:
     cdef Py_ssize_t i
     if activation == ACT_NONE:
         for i in range(n):
@@ -352,8 +389,9 @@ cdef inline real* shift_mut(real* p, Py_ssize_t by) noexcept nogil:
     return p + by if p != NULL else NULL
 
 
-cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m) noexcept nogil:
-    if overflowed(m):
+cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m,
+                                 double eps) noexcept nogil:
+    if needs_exact_moments(src, m, eps):
         return exact_moments(src, 1, length, length)
     return m
 
@@ -375,7 +413,7 @@ cdef inline void normalize_group(const real* x, real* y, const real* skip, real*
         merge_moments(&m, chunk_stats(x + offset, shift(skip, offset),
                                       shift(skip_bias, first_channel), shift_mut(buf, offset),
                                       start, min(start + CHUNK, g.length), g.hw))
-    m = finish_group(src, g.length, m)
+    m = finish_group(src, g.length, m, g.eps)
     # Apply the chunks last-read first: a group larger than L2 then still
     # finds its most recent ~L2 worth of chunks there.
     for k in range(g.chunks_per_group - 1, -1, -1):
@@ -402,7 +440,7 @@ cdef inline void merge_group_at(const real* src, Py_ssize_t p, GroupsNCHW* g,
     cdef Py_ssize_t k, first = p * g.chunks_per_group
     for k in range(first + 1, first + g.chunks_per_group):
         merge_moments(&parts[first], parts[k])
-    parts[first] = finish_group(src + p * g.length, g.length, parts[first])
+    parts[first] = finish_group(src + p * g.length, g.length, parts[first], g.eps)
 
 
 cdef inline void apply_chunk_at(const real* src, real* y, const real* weight, const real* bias,
@@ -479,49 +517,90 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
 # ---------------------------------------------------------------- NHWC
 
 cdef struct GroupsNHWC:
-    Py_ssize_t rows, channels, groups, channels_per_group, blocks_per_sample
+    Py_ssize_t rows, channels, groups, channels_per_group
+    # Rows are handled `line_rows` at a time as one line of line_rows * C
+    # lanes (lane j holds channel j % C): a short row (C = 32) would
+    # otherwise pay a loop's overhead for two vectors of work.
+    Py_ssize_t line_rows, line
+    # Statistics blocks: block_rows rows (a multiple of line_rows, >= 64 and
+    # ~8192 elements), so per-lane sums stay short and per-block work is big.
+    Py_ssize_t block_rows, blocks_per_sample
     double eps
     int activation
 
 
-cdef inline void channel_sums(const real* x, Py_ssize_t rows, Py_ssize_t nc, real* centre,
-                              real* acc_d, real* acc_dd) noexcept nogil:
-    """Per-channel shifted sums over `rows` contiguous rows of nc channels,
-    centred per channel on the mean of 8 rows spread over the block. Rows
-    are walked in memory order (prefetch-friendly); the nc-long accumulator
-    rows stay in L1. Two rows per step halve their loads and stores."""
-    cdef Py_ssize_t r, ch, k, j, width
-    cdef const real* row
-    cdef const real* row2
+cdef inline void nhwc_geometry(GroupsNHWC* g, Py_ssize_t rows, Py_ssize_t channels,
+                               Py_ssize_t groups) noexcept nogil:
+    g.rows = rows
+    g.channels = channels
+    g.groups = groups
+    g.channels_per_group = channels // groups
+    g.line_rows = max(1, LINE // channels)
+    g.line = g.line_rows * channels
+    g.block_rows = max(<Py_ssize_t>ROWS, (NHWC_BLOCK // channels) // g.line_rows * g.line_rows)
+    g.block_rows = (g.block_rows + g.line_rows - 1) // g.line_rows * g.line_rows
+    g.blocks_per_sample = (rows + g.block_rows - 1) // g.block_rows
+
+
+cdef inline void lane_sums(const real* x, Py_ssize_t n, const real* centre, real* acc_d,
+                           real* acc_dd) noexcept nogil:
+    """acc_d[j] += x[j] - centre[j], acc_dd[j] += (x[j] - centre[j])**2, j < n."""
+    cdef Py_ssize_t j
+    cdef real d
+    for j in range(n):
+        d = x[j] - centre[j]
+        acc_d[j] += d
+        acc_dd[j] += d * d
+
+
+cdef inline void lane_sums2(const real* x, const real* x2, Py_ssize_t n, const real* centre,
+                            real* acc_d, real* acc_dd) noexcept nogil:
+    """lane_sums over two lines at once: half the accumulator loads and stores."""
+    cdef Py_ssize_t j
     cdef real d, e
+    for j in range(n):
+        d = x[j] - centre[j]
+        e = x2[j] - centre[j]
+        acc_d[j] += d + e
+        acc_dd[j] += d * d + e * e
+
+
+cdef inline void channel_sums(const real* x, Py_ssize_t rows, GroupsNHWC* g, real* centre,
+                              real* acc_d, real* acc_dd) noexcept nogil:
+    """Per-channel shifted sums over `rows` contiguous rows, into the first C
+    entries of acc_d / acc_dd (each g.line long; centre too). Centred per
+    channel on the mean of 8 rows spread over the block. Rows are walked in
+    memory order, a line (line_rows rows) at a time; the line-long
+    accumulators stay in L1 and are folded to C channels at the end."""
+    cdef Py_ssize_t nc = g.channels, width = g.line
+    cdef Py_ssize_t lines = rows // g.line_rows
+    cdef Py_ssize_t r, k, j, lanes
+    cdef const real* row
     cdef real local[LANES]   # a local array cannot alias x: this loop vectorizes
     for k in range((nc + LANES - 1) // LANES):
-        width = min(<Py_ssize_t>LANES, nc - k * LANES)
+        lanes = min(<Py_ssize_t>LANES, nc - k * LANES)
         for j in range(LANES):
             local[j] = 0
         for r in range(8):
             row = x + ((r * rows) // 8) * nc + k * LANES
             for j in range(LANES):
-                local[j] += (row[j] if j < width else 0) * <real>0.125
-        for j in range(width):
+                local[j] += (row[j] if j < lanes else 0) * <real>0.125
+        for j in range(lanes):
             centre[k * LANES + j] = local[j]
-    for ch in range(nc):
-        acc_d[ch] = 0
-        acc_dd[ch] = 0
-    for r in range(rows // 2):
-        row = x + 2 * r * nc
-        row2 = row + nc
-        for ch in range(nc):
-            d = row[ch] - centre[ch]
-            e = row2[ch] - centre[ch]
-            acc_d[ch] += d + e
-            acc_dd[ch] += d * d + e * e
-    if rows % 2:
-        row = x + (rows - 1) * nc
-        for ch in range(nc):
-            d = row[ch] - centre[ch]
-            acc_d[ch] += d
-            acc_dd[ch] += d * d
+    for j in range(nc, width):
+        centre[j] = centre[j - nc]
+    for j in range(width):
+        acc_d[j] = 0
+        acc_dd[j] = 0
+    for k in range(lines // 2):
+        lane_sums2(x + 2 * k * width, x + (2 * k + 1) * width, width, centre, acc_d, acc_dd)
+    if lines % 2:
+        lane_sums(x + (lines - 1) * width, width, centre, acc_d, acc_dd)
+    lane_sums(x + lines * width, (rows - lines * g.line_rows) * nc, centre, acc_d, acc_dd)
+    for r in range(1, g.line_rows):  # fold the line's replicas, in order
+        for j in range(nc):
+            acc_d[j] += acc_d[r * nc + j]
+            acc_dd[j] += acc_dd[r * nc + j]
 
 
 cdef inline void add_residual_rows(const real* x, const real* skip, const real* skip_bias,
@@ -536,19 +615,19 @@ cdef inline void add_residual_rows(const real* x, const real* skip, const real* 
 
 cdef inline int block_stats(const real* x, const real* skip, const real* skip_bias, real* buf,
                             Py_ssize_t b, GroupsNHWC* g, Moments* parts) noexcept nogil:
-    """Moments of each group over one block of ROWS rows of one sample, into
+    """Moments of each group over one block of rows of one sample, into
     parts[b * groups + group]: per-channel shifted sums, then each group's
     channels combined. Returns -1 if out of memory."""
     cdef Py_ssize_t nc = g.channels
-    cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
-    cdef Py_ssize_t rows = min(ROWS, g.rows - first)
+    cdef Py_ssize_t first = (b % g.blocks_per_sample) * g.block_rows
+    cdef Py_ssize_t rows = min(g.block_rows, g.rows - first)
     cdef Py_ssize_t offset = ((b // g.blocks_per_sample) * g.rows + first) * nc
     cdef Py_ssize_t k, ch
-    cdef real* sums = <real*>malloc(3 * nc * sizeof(real))
+    cdef real* sums = <real*>malloc(3 * g.line * sizeof(real))
     cdef Moments* channel = <Moments*>malloc(nc * sizeof(Moments))
     cdef real* centre = sums
-    cdef real* acc_d = sums + nc
-    cdef real* acc_dd = sums + 2 * nc
+    cdef real* acc_d = sums + g.line
+    cdef real* acc_dd = sums + 2 * g.line
     if sums == NULL or channel == NULL:
         free(sums)
         free(channel)
@@ -556,7 +635,7 @@ cdef inline int block_stats(const real* x, const real* skip, const real* skip_bi
     if buf != NULL:
         add_residual_rows(x + offset, shift(skip, offset), skip_bias, buf + offset, rows, nc)
         x = buf
-    channel_sums(x + offset, rows, nc, centre, acc_d, acc_dd)
+    channel_sums(x + offset, rows, g, centre, acc_d, acc_dd)
     for ch in range(nc):
         channel[ch].count = rows
         channel[ch].mean = centre[ch] + <double>acc_d[ch] / rows
@@ -572,44 +651,51 @@ cdef inline int block_stats(const real* x, const real* skip, const real* skip_bi
 cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, Moments* parts,
                                  const real* weight, const real* bias, real* table) noexcept nogil:
     """Merge the blocks of (sample, group) pair p in block order; write its
-    channels' head / a / b into table[(n * 3 + {0,1,2}) * C + channel]."""
+    channels' head / a / b into table[(n * 3 + {0,1,2}) * line + lane], for
+    every lane of the line that holds one of its channels."""
     cdef Py_ssize_t n = p // g.groups
     cdef Py_ssize_t k = p % g.groups
     cdef Py_ssize_t blk, ch
     cdef Moments m
     cdef double rstd
-    cdef real* head = table + (n * 3) * g.channels
-    cdef real* a = head + g.channels
-    cdef real* b = a + g.channels
-    cdef Py_ssize_t full = g.rows // ROWS   # blocks of exactly ROWS rows
+    cdef real* head = table + (n * 3) * g.line
+    cdef real* a = head + g.line
+    cdef real* b = a + g.line
+    cdef Py_ssize_t r, lane
+    cdef Py_ssize_t full = g.rows // g.block_rows   # blocks of exactly block_rows rows
     cdef const Moments* first = parts + (n * g.blocks_per_sample) * g.groups + k
     reset_moments(&m)
     if full > 0:
         m = combine_equal(first, full, g.groups)
     if full < g.blocks_per_sample:
         merge_moments(&m, first[full * g.groups])
-    if overflowed(m):
+    if needs_exact_moments(src, m, g.eps):
         m = exact_moments(src + n * g.rows * g.channels + k * g.channels_per_group, g.rows,
                           g.channels_per_group, g.channels)
     rstd = inv_std(m, g.eps)
     for ch in range(k * g.channels_per_group, (k + 1) * g.channels_per_group):
         affine_coefficients(m.mean, rstd, weight, bias, ch, &head[ch], &a[ch], &b[ch])
+        for r in range(1, g.line_rows):
+            lane = r * g.channels + ch
+            head[lane] = head[ch]
+            a[lane] = a[ch]
+            b[lane] = b[ch]
 
 
 cdef inline void apply_block(const real* src, real* y, Py_ssize_t b, GroupsNHWC* g,
                              const real* table) noexcept nogil:
-    """Normalize one block of rows in memory order, with the sample's
-    per-channel coefficients (3 rows of C in `table`, L1-resident)."""
-    cdef Py_ssize_t nc = g.channels
+    """Normalize one block of rows in memory order, a line at a time, with
+    the sample's per-lane coefficients (3 lines in `table`, L1-resident)."""
     cdef Py_ssize_t n = b // g.blocks_per_sample
-    cdef Py_ssize_t first = (b % g.blocks_per_sample) * ROWS
-    cdef Py_ssize_t r, offset
-    cdef const real* head = table + (n * 3) * nc
-    cdef const real* a = head + nc
-    cdef const real* sh = a + nc
-    for r in range(first, min(first + ROWS, g.rows)):
-        offset = (n * g.rows + r) * nc
-        affine_table(src + offset, y + offset, nc, head, a, sh, g.activation)
+    cdef Py_ssize_t first = (b % g.blocks_per_sample) * g.block_rows
+    cdef Py_ssize_t stop = min(first + g.block_rows, g.rows)
+    cdef Py_ssize_t k, r, offset
+    cdef const real* head = table + (n * 3) * g.line
+    for k in range((stop - first + g.line_rows - 1) // g.line_rows):
+        r = first + k * g.line_rows
+        offset = (n * g.rows + r) * g.channels
+        affine_table(src + offset, y + offset, min(g.line_rows, stop - r) * g.channels, head,
+                     head + g.line, head + 2 * g.line, g.activation)
 
 
 cdef inline int stats_blocks_share(const real* x, const real* skip, const real* skip_bias,
@@ -642,7 +728,7 @@ cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const rea
     cdef int failed = 0
     cdef const real* src = x
     cdef Moments* parts = <Moments*>malloc(blocks * g.groups * sizeof(Moments))
-    cdef real* table = <real*>malloc(n * 3 * g.channels * sizeof(real))
+    cdef real* table = <real*>malloc(n * 3 * g.line * sizeof(real))
     if buf != NULL:
         src = buf
     if parts == NULL or table == NULL:
@@ -706,11 +792,7 @@ def group_norm(cnp.ndarray x, cnp.ndarray out, object weight, object bias,
     if x.size == 0:
         return out
     if channels_last:
-        nhwc.rows = spatial
-        nhwc.channels = c
-        nhwc.groups = num_groups
-        nhwc.channels_per_group = c // num_groups
-        nhwc.blocks_per_sample = (spatial + ROWS - 1) // ROWS
+        nhwc_geometry(&nhwc, spatial, c, num_groups)
         nhwc.eps = eps
         nhwc.activation = activation
         with nogil:
