@@ -148,15 +148,16 @@ def residual_inputs(rng, shape, dtype, residual):
     return skip, skip_bias
 
 
-@pytest.mark.parametrize("activation", [None, "silu"], ids=str)
-@pytest.mark.parametrize("return_sum", [False, True])
+@pytest.mark.parametrize("return_sum, activation", [(False, None), (True, "silu")],
+                         ids=["y_only", "with_sum_silu"])
 @pytest.mark.parametrize("residual", RESIDUALS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES + [LARGE], ids=case_id)
 def test_residual_matches_oracle(rng, case, layout, dtype, residual, return_sum, activation):
     """y vs the oracle; the returned sum bitwise equal to the oracle's sum,
-    which rounds to the compute precision after each addition as gncpu does."""
+    which rounds to the compute precision after each addition as gncpu does.
+    (Other activation x residual pairs: test_random_epilogue_combinations.)"""
     shape, groups = case
     x, eps = make_data(rng, shape, dtype)
     weight, bias = make_affine(rng, shape[1], dtype, "normal")

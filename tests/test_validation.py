@@ -113,17 +113,11 @@ def test_eps_must_be_finite_and_non_negative(x, eps):
         gncpu.group_norm(x, 2, eps=eps)
 
 
-@pytest.mark.parametrize("eps", [None, [1e-5], 1j, object()], ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize("eps", [None, [1e-5], 1j, object(), "0.1", True, np.array([1e-5])],
+                         ids=lambda v: type(v).__name__)
 def test_eps_must_be_a_real_number(x, eps):
     with raises(TypeError, "eps must be a real number", f"got {type(eps).__name__}"):
         gncpu.group_norm(x, 2, eps=eps)
-
-
-@pytest.mark.xfail(strict=True, reason="eps goes through float(), which parses strings: "
-                                       "eps='0.1' is silently accepted as 0.1")
-def test_eps_string_is_rejected(x):
-    with raises(TypeError, "eps must be a real number", "got str"):
-        gncpu.group_norm(x, 2, eps="0.1")
 
 
 @pytest.mark.parametrize("eps", [0, 0.0, 1e-5, np.float32(1e-5), np.float64(0.1), 3], ids=repr)
@@ -160,7 +154,7 @@ def test_out_read_only(x):
 def test_out_not_contiguous(x, layout):
     out = np.empty((2, 4, 6), np.float32)[..., ::2] if layout == "strided" \
         else np.asfortranarray(np.empty(SHAPE, np.float32))
-    with raises(ValueError, "out must be C-contiguous", f"strides {out.strides} for shape {SHAPE}"):
+    with raises(ValueError, "out must", "C-contiguous", f"strides {out.strides} for shape {SHAPE}"):
         gncpu.group_norm(x, 2, out=out)
 
 
