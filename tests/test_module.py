@@ -114,3 +114,42 @@ def test_numpy_integer_sizes():
     module = gncpu.GroupNorm(np.int64(2), np.int32(4))
     assert type(module.num_groups) is int and type(module.num_channels) is int
     assert module.weight.shape == (4,)
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu", "gelu", "gelu_tanh"])
+def test_fused_activation(rng, activation):
+    module = gncpu.GroupNorm(4, 8, activation=activation)
+    module.weight = rng.standard_normal(8).astype(np.float32)
+    x, _ = make_data(rng, (2, 8, 5, 5), np.float32)
+    assert_bitwise_equal(module(x), gncpu.group_norm(x, 4, module.weight, module.bias,
+                                                     activation=activation))
+
+
+def test_unknown_activation_fails_at_construction():
+    with pytest.raises(ValueError, match=r"activation='swish' is not supported"):
+        gncpu.GroupNorm(4, 8, activation="swish")
+
+
+def test_channels_last(rng):
+    module = gncpu.GroupNorm(4, 8, channels_last=True)
+    nhwc, _ = make_data(rng, (2, 5, 6, 8), np.float32)
+    assert_bitwise_equal(module(nhwc), gncpu.group_norm(nhwc, 4, channels_last=True))
+    with pytest.raises(ValueError, match=re.escape("input has C=5 channels (shape (2, 6, 8, 5))")):
+        module(np.zeros((2, 6, 8, 5), np.float32))
+
+
+def test_residual_pass_through(rng):
+    module = gncpu.GroupNorm(2, 4, activation="silu")
+    x, _ = make_data(rng, (2, 4, 9), np.float32)
+    skip, _ = make_data(rng, (2, 4, 9), np.float32)
+    skip_bias = rng.standard_normal(4).astype(np.float32)
+    y, total = module(x, skip=skip, skip_bias=skip_bias, return_sum=True)
+    expected_y, expected_total = gncpu.group_norm(x, 2, module.weight, module.bias, activation="silu",
+                                                  skip=skip, skip_bias=skip_bias, return_sum=True)
+    assert_bitwise_equal(y, expected_y)
+    assert_bitwise_equal(total, expected_total)
+
+
+def test_repr_shows_the_epilogue():
+    assert repr(gncpu.GroupNorm(32, 320, activation="silu", channels_last=True)) == \
+        "GroupNorm(32, 320, eps=1e-05, affine=True, activation='silu', channels_last=True)"
