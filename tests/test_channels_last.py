@@ -114,6 +114,16 @@ def test_huge_float32_magnitudes(rng, case, scale):
     assert_close(y, ref, F32_TOL["normal"])
 
 
+@pytest.mark.parametrize("scale", [1e-15, 1e-25])
+@pytest.mark.parametrize("layout", CL_LAYOUTS)
+def test_tiny_float32_magnitudes_with_zero_eps(rng, layout, scale):
+    """Squares of |x| ~ 1e-25 underflow float32: normalization must stay
+    scale-free with eps = 0."""
+    x = (rng.standard_normal((2, 40, 11, 13)) * scale).astype(np.float32)
+    y, ref, _ = run(x, layout, 8, eps=0.0)
+    assert_close(y, ref, F32_TOL["normal"])
+
+
 # Constants whose multiples sum exactly in float64 (dyadic, few bits) pass in
 # both dtypes; float32 values always sum exactly in the kernel's float64 merges.
 CONSTANTS = [(dtype, value) for dtype in (np.float32, np.float64) for value in (0.0, -3.3e5, 1e4 + 0.5)]

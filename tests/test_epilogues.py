@@ -390,3 +390,20 @@ def test_skip_must_match_the_channels_last_shape():
     nhwc = np.zeros((2, 5, 6), np.float32)
     with pytest.raises(ValueError, match=r"skip has shape \(2, 6, 5\)"):
         gncpu.group_norm(nhwc, 3, skip=np.zeros((2, 6, 5), np.float32), channels_last=True)
+
+
+@pytest.mark.parametrize("return_sum", [False, True])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", [CASES[2], CASES[3]], ids=case_id)
+def test_skip_may_be_the_input_itself_even_in_place(rng, case, layout, return_sum):
+    shape, groups = case
+    x, _ = make_data(rng, shape, np.float32)
+    given, kwargs = to_layout(x, layout)
+    expected = gncpu.group_norm(given, groups, skip=given.copy(), **kwargs)
+    alias = given.copy()
+    result = gncpu.group_norm(alias, groups, skip=alias, out=alias, return_sum=return_sum, **kwargs)
+    y = result[0] if return_sum else result
+    assert y is alias
+    assert_bitwise_equal(y, expected)
+    if return_sum:
+        assert_bitwise_equal(result[1], given + given)
