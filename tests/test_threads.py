@@ -230,3 +230,15 @@ def test_eight_python_threads_concurrently(rng):
         t.join(timeout=120)
     assert not any(t.is_alive() for t in pool), "a worker thread hung"
     assert not failures, "\n".join(failures[:10])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("nbytes", [0, 1, 65535, 65536, 65537, 3 * 65536 + 17])
+def test_parallel_copy(rng, nbytes, threads):
+    """The benchmarks' memory floor copies every byte, whatever the split."""
+    src = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    dst = np.zeros_like(src)
+    for _, module in VARIANTS:
+        dst[...] = 0
+        assert module.parallel_copy(src, dst, threads) is dst
+        assert np.array_equal(dst, src)
