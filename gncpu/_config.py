@@ -7,9 +7,11 @@ from .kernel import LEVELS, kernels, _baseline
 
 __all__ = ["set_num_threads", "get_num_threads", "resolve_threads", "show_config", "config"]
 
-# Inputs smaller than this many elements run on one thread: an OpenMP
-# fork/join costs a few microseconds, more than the work it would split.
-SERIAL_BELOW = 1 << 15
+# Each thread gets at least this many elements (so inputs under twice this
+# run on one thread): an OpenMP fork/join costs a few microseconds, more than
+# the work it would split. On a many-core machine a medium tensor thus uses a
+# few threads, not all of them.
+MIN_ELEMENTS_PER_THREAD = 1 << 14
 
 _num_threads = None  # set by set_num_threads(); None = follow OpenMP
 
@@ -44,10 +46,11 @@ def get_num_threads():
 
 
 def resolve_threads(num_threads, elements):
-    """Threads for one call: the per-call value, else the default; one thread
-    for small inputs."""
+    """Threads for one call: the per-call value, else the default, capped so
+    each thread has MIN_ELEMENTS_PER_THREAD elements (results do not depend
+    on the count)."""
     threads = get_num_threads() if num_threads is None else _count(num_threads, "num_threads")
-    return 1 if elements < SERIAL_BELOW else threads
+    return max(1, min(threads, elements // MIN_ELEMENTS_PER_THREAD))
 
 
 def config():
@@ -68,12 +71,15 @@ def config():
         "kernel_variant": info["variant"],
         "cpu_supports": LEVELS[cpu_level] if cpu_level < len(LEVELS) else LEVELS[-1],
         "cflags": info["cflags"],
-        "serial_below_elements": SERIAL_BELOW,
+        "min_elements_per_thread": MIN_ELEMENTS_PER_THREAD,
         "chunk_elements": info["chunk"],
     }
 
 
 def show_config():
-    """Print the configuration: version, compiler, OpenMP, threads, SIMD variant."""
-    for key, value in config().items():
+    """Print the configuration: version, compiler, OpenMP, threads, SIMD
+    variant, and what the CUDA path would use (imports CuPy if installed)."""
+    from . import cuda
+
+    for key, value in {**config(), **cuda.config()}.items():
         print(f"{key:>22}: {value}")

@@ -11,6 +11,7 @@ import operator
 import numpy as np
 
 from . import _config
+from . import cuda as _cuda  # imports no CuPy: only the array-kind check
 from .kernel import kernels
 
 __all__ = ["group_norm"]
@@ -154,7 +155,9 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activatio
     mean_g and var_g (biased) are taken over the C/num_groups channels and all
     spatial positions of each sample and group.
 
-    input: float32 (native fast path), float64 (computed in float64) or
+    input: a NumPy array (or CPU array object; a CUDA array, e.g. CuPy or a
+        torch CUDA tensor, runs on its device: see gncpu.cuda.group_norm).
+        float32 (native fast path), float64 (computed in float64) or
         float16 (computed in float32, returned as float16). Arrays whose
         strides are channels-last (a torch channels_last tensor, or
         np.transpose of an NHWC array) run the channels-last kernel without a
@@ -182,6 +185,11 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activatio
     through the apply). A group containing NaN or Inf comes out all NaN; a
     constant group gives bias (after the activation).
     """
+    if type(input) is not np.ndarray and _cuda.is_cuda_array(input):
+        if skip is not None or skip_bias is not None or return_sum:
+            raise ValueError("skip, skip_bias and return_sum are not supported for CUDA arrays")
+        return _cuda.group_norm(input, num_groups, weight, bias, eps, activation=activation,
+                                channels_last=channels_last, out=out)
     x = _as_array(input)
     dtype = _input_dtype(x)
     if dtype is None:  # non-native byte order

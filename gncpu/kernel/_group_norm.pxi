@@ -20,13 +20,14 @@
 # and optionally x is first replaced by x + skip + skip_bias (SkipGroupNorm),
 # materialized in `buf` (the caller's sum output, or the output itself).
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport sqrt, isfinite, exp, erfc, tanh
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 cimport numpy as cnp
 
-from gncpu.kernel._openmp cimport GNCPU_HAVE_OPENMP, omp_get_max_threads
+from gncpu.kernel._openmp cimport (GNCPU_HAVE_OPENMP, gncpu_barrier, omp_get_max_threads,
+                                   omp_get_num_threads)
 
 cnp.import_array()
 
@@ -423,56 +424,58 @@ cdef inline void normalize_group(const real* x, real* y, const real* skip, real*
                     g.activation)
 
 
-cdef inline void stats_chunk_at(const real* x, const real* skip, real* buf,
-                                const real* skip_bias, Py_ssize_t k, GroupsNCHW* g,
-                                Moments* parts) noexcept nogil:
-    cdef Py_ssize_t p = k // g.chunks_per_group
-    cdef Py_ssize_t start = (k % g.chunks_per_group) * CHUNK
-    cdef Py_ssize_t offset = p * g.length
-    parts[k] = chunk_stats(x + offset, shift(skip, offset),
-                           shift(skip_bias, (p % g.groups) * g.channels_per_group),
-                           shift_mut(buf, offset), start, min(start + CHUNK, g.length), g.hw)
-
-
-cdef inline void merge_group_at(const real* src, Py_ssize_t p, GroupsNCHW* g,
-                                Moments* parts) noexcept nogil:
-    # parts[p * chunks_per_group] receives the group's moments
+cdef inline Moments group_moments_from_chunks(const real* src, Py_ssize_t p, GroupsNCHW* g,
+                                              const Moments* parts) noexcept nogil:
+    """Pair p's moments: its chunks merged in chunk order, as normalize_group
+    merges them (so both plans give the same bits)."""
     cdef Py_ssize_t k, first = p * g.chunks_per_group
-    for k in range(first + 1, first + g.chunks_per_group):
-        merge_moments(&parts[first], parts[k])
-    parts[first] = finish_group(src + p * g.length, g.length, parts[first], g.eps)
+    cdef Moments m
+    reset_moments(&m)
+    for k in range(first, first + g.chunks_per_group):
+        merge_moments(&m, parts[k])
+    return finish_group(src + p * g.length, g.length, m, g.eps)
 
 
-cdef inline void apply_chunk_at(const real* src, real* y, const real* weight, const real* bias,
-                                Py_ssize_t k, GroupsNCHW* g, const Moments* parts) noexcept nogil:
-    cdef Py_ssize_t p = k // g.chunks_per_group
-    cdef Py_ssize_t start = (k % g.chunks_per_group) * CHUNK
-    cdef Py_ssize_t first_channel = (p % g.groups) * g.channels_per_group
-    apply_range(src + p * g.length, y + p * g.length, start, min(start + CHUNK, g.length), g.hw,
-                shift(weight, first_channel), shift(bias, first_channel),
-                parts[p * g.chunks_per_group], g.eps, g.activation)
-
-
-cdef inline Py_ssize_t share_start(Py_ssize_t total, Py_ssize_t t, int threads) noexcept nogil:
+cdef inline Py_ssize_t share_start(Py_ssize_t total, Py_ssize_t t, Py_ssize_t threads) noexcept nogil:
     """First item of thread t's contiguous share of `total` items."""
     return total * t // threads
 
 
-cdef inline void stats_share(const real* x, const real* skip, real* buf, const real* skip_bias,
-                             Py_ssize_t t, int threads, Py_ssize_t total, GroupsNCHW* g,
-                             Moments* parts) noexcept nogil:
-    cdef Py_ssize_t k
-    for k in range(share_start(total, t, threads), share_start(total, t + 1, threads)):
-        stats_chunk_at(x, skip, buf, skip_bias, k, g, parts)
-
-
-cdef inline void apply_share(const real* src, real* y, const real* weight, const real* bias,
-                             Py_ssize_t t, int threads, Py_ssize_t total, GroupsNCHW* g,
-                             const Moments* parts) noexcept nogil:
-    # The same share as stats_share, last-read chunk first (still in L2).
-    cdef Py_ssize_t k
-    for k in range(share_start(total, t + 1, threads) - 1, share_start(total, t, threads) - 1, -1):
-        apply_chunk_at(src, y, weight, bias, k, g, parts)
+cdef inline void split_groups_thread(const real* x, real* y, const real* skip, real* buf,
+                                     const real* weight, const real* bias,
+                                     const real* skip_bias, Py_ssize_t t, Py_ssize_t threads,
+                                     GroupsNCHW* g, Py_ssize_t pairs,
+                                     Moments* parts) noexcept nogil:
+    """Thread t's part of the split plan: moments of its share of all chunks;
+    a barrier; then the apply of the same share, last-read chunk first (still
+    in L2), each thread merging the moments of the groups it touches itself."""
+    cdef Py_ssize_t total = pairs * g.chunks_per_group
+    cdef Py_ssize_t first = share_start(total, t, threads)
+    cdef Py_ssize_t stop = share_start(total, t + 1, threads)
+    cdef Py_ssize_t k, p, start, group = -1
+    cdef Py_ssize_t offset, first_channel
+    cdef const real* src = x
+    cdef Moments m
+    if buf != NULL:
+        src = buf
+    for k in range(first, stop):
+        p = k // g.chunks_per_group
+        start = (k % g.chunks_per_group) * CHUNK
+        offset = p * g.length
+        parts[k] = chunk_stats(x + offset, shift(skip, offset),
+                               shift(skip_bias, (p % g.groups) * g.channels_per_group),
+                               shift_mut(buf, offset), start, min(start + CHUNK, g.length), g.hw)
+    gncpu_barrier()
+    for k in range(stop - 1, first - 1, -1):
+        p = k // g.chunks_per_group
+        if p != group:
+            m = group_moments_from_chunks(src, p, g, parts)
+            group = p
+        start = (k % g.chunks_per_group) * CHUNK
+        first_channel = (p % g.groups) * g.channels_per_group
+        apply_range(src + p * g.length, y + p * g.length, start, min(start + CHUNK, g.length),
+                    g.hw, shift(weight, first_channel), shift(bias, first_channel), m, g.eps,
+                    g.activation)
 
 
 cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const real* weight,
@@ -480,11 +483,8 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
                   GroupsNCHW* g, int threads) noexcept nogil:
     """Returns 0, or -1 if scratch memory could not be allocated."""
     cdef Py_ssize_t pairs = n * g.groups
-    cdef Py_ssize_t p, t, total
+    cdef Py_ssize_t p
     cdef Moments* parts
-    cdef const real* src = x
-    if buf != NULL:
-        src = buf
     if threads == 1:  # no parallel region at all: opening one costs ~1 us
         for p in range(pairs):
             normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
@@ -496,20 +496,15 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
             normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
         return 0
     # Few pairs for the threads (N=1, G=1 is LayerNorm over C x HW): split
-    # groups into chunks. Moments per chunk in parallel, merge per group in
-    # the same order as above, then the apply per chunk in parallel. Thread t
-    # takes share t of the chunks in both loops (static schedule, chunk size
-    # 1, one iteration per thread), so the apply reads what it just read.
-    total = pairs * g.chunks_per_group
-    parts = <Moments*>malloc(total * sizeof(Moments))
+    # groups into chunks across threads, in one parallel region (see
+    # split_groups_thread). Chunk boundaries and merge order are those of
+    # normalize_group: the same bits for any thread count.
+    parts = <Moments*>malloc(pairs * g.chunks_per_group * sizeof(Moments))
     if parts == NULL:
         return -1
-    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
-        stats_share(x, skip, buf, skip_bias, t, threads, total, g, parts)
-    for p in range(pairs):
-        merge_group_at(src, p, g, parts)
-    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
-        apply_share(src, y, weight, bias, t, threads, total, g, parts)
+    with parallel(num_threads=threads):
+        split_groups_thread(x, y, skip, buf, weight, bias, skip_bias, threadid(),
+                            omp_get_num_threads(), g, pairs, parts)
     free(parts)
     return 0
 
@@ -698,21 +693,31 @@ cdef inline void apply_block(const real* src, real* y, Py_ssize_t b, GroupsNHWC*
                      head + g.line, head + 2 * g.line, g.activation)
 
 
-cdef inline int stats_blocks_share(const real* x, const real* skip, const real* skip_bias,
-                                   real* buf, Py_ssize_t t, int threads, Py_ssize_t blocks,
-                                   GroupsNHWC* g, Moments* parts) noexcept nogil:
-    cdef Py_ssize_t b
-    cdef int failed = 0
+cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf,
+                             const real* weight, const real* bias, const real* skip_bias,
+                             Py_ssize_t t, Py_ssize_t threads, Py_ssize_t n, GroupsNHWC* g,
+                             Moments* parts, real* table, int* failed) noexcept nogil:
+    """Thread t's part of the NHWC kernel, in one parallel region: moments of
+    its share of the (sample, row block)s; barrier; merges of its share of
+    the (sample, group) pairs into the coefficient table; barrier; the apply
+    of its share of blocks, last-read first (still in L2). *failed (shared)
+    is set if scratch memory ran out; every thread then stops after the
+    first barrier."""
+    cdef Py_ssize_t blocks = n * g.blocks_per_sample
+    cdef Py_ssize_t b, p
+    cdef const real* src = x
+    if buf != NULL:
+        src = buf
     for b in range(share_start(blocks, t, threads), share_start(blocks, t + 1, threads)):
-        failed |= block_stats(x, skip, skip_bias, buf, b, g, parts)
-    return failed
-
-
-cdef inline void apply_blocks_share(const real* src, real* y, Py_ssize_t t, int threads,
-                                    Py_ssize_t blocks, GroupsNHWC* g,
-                                    const real* table) noexcept nogil:
-    # The same share as stats_blocks_share, last-read block first (still in L2).
-    cdef Py_ssize_t b
+        if block_stats(x, skip, skip_bias, buf, b, g, parts) != 0:
+            failed[0] = 1
+            break
+    gncpu_barrier()
+    if failed[0]:
+        return
+    for p in range(share_start(n * g.groups, t, threads), share_start(n * g.groups, t + 1, threads)):
+        merge_blocks_at(src, p, g, parts, weight, bias, table)
+    gncpu_barrier()
     for b in range(share_start(blocks, t + 1, threads) - 1, share_start(blocks, t, threads) - 1, -1):
         apply_block(src, y, b, g, table)
 
@@ -720,35 +725,21 @@ cdef inline void apply_blocks_share(const real* src, real* y, Py_ssize_t t, int 
 cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const real* weight,
                   const real* bias, const real* skip_bias, Py_ssize_t n, GroupsNHWC* g,
                   int threads) noexcept nogil:
-    """Stats per (sample, row block) in parallel, merge per (sample, group),
-    then the apply per (sample, row block); each thread takes the same share
-    of blocks in both passes. Returns 0, or -1 if out of memory."""
-    cdef Py_ssize_t blocks = n * g.blocks_per_sample
-    cdef Py_ssize_t t, p
+    """Returns 0, or -1 if out of memory. Blocks and merge order do not
+    depend on the thread count."""
     cdef int failed = 0
-    cdef const real* src = x
-    cdef Moments* parts = <Moments*>malloc(blocks * g.groups * sizeof(Moments))
+    cdef Moments* parts = <Moments*>malloc(n * g.blocks_per_sample * g.groups * sizeof(Moments))
     cdef real* table = <real*>malloc(n * 3 * g.line * sizeof(real))
-    if buf != NULL:
-        src = buf
-    if parts == NULL or table == NULL:
-        free(parts)
-        free(table)
-        return -1
-    if threads == 1:  # no parallel region at all: opening one costs ~1 us
-        failed = stats_blocks_share(x, skip, skip_bias, buf, 0, 1, blocks, g, parts)
+    if parts != NULL and table != NULL:
+        if threads == 1:  # no parallel region at all: opening one costs ~1 us
+            nhwc_thread(x, y, skip, buf, weight, bias, skip_bias, 0, 1, n, g, parts, table,
+                        &failed)
+        else:
+            with parallel(num_threads=threads):
+                nhwc_thread(x, y, skip, buf, weight, bias, skip_bias, threadid(),
+                            omp_get_num_threads(), n, g, parts, table, &failed)
     else:
-        for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
-            failed |= stats_blocks_share(x, skip, skip_bias, buf, t, threads, blocks, g, parts)
-    if failed == 0 and threads == 1:
-        for p in range(n * g.groups):
-            merge_blocks_at(src, p, g, parts, weight, bias, table)
-        apply_blocks_share(src, y, 0, 1, blocks, g, table)
-    elif failed == 0:
-        for p in prange(n * g.groups, num_threads=threads, schedule="static"):
-            merge_blocks_at(src, p, g, parts, weight, bias, table)
-        for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
-            apply_blocks_share(src, y, t, threads, blocks, g, table)
+        failed = 1
     free(parts)
     free(table)
     return -1 if failed else 0
