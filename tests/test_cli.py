@@ -12,7 +12,10 @@ from conftest import F32_TOL, REPO_ROOT, VARIANTS, python_command, subprocess_en
 
 CONFIG_FIELDS = ["version", "python", "platform", "compiler", "openmp", "threads", "omp_max_threads",
                  "OMP_NUM_THREADS", "kernel_variant", "cpu_supports", "cflags",
-                 "serial_below_elements", "chunk_elements"]
+                 "min_elements_per_thread", "chunk_elements"]
+# The CUDA path's fields follow; which ones depends on whether CuPy is
+# installed and sees a device.
+CUDA_FIELDS = ["cuda_block_threads", "cuda_chunk_elements", "cuda_compile_options", "cupy"]
 
 
 def run_gncpu(*args, **env):
@@ -30,10 +33,16 @@ def parse_config(text):
     return fields
 
 
+def assert_config_fields(fields):
+    assert list(fields)[:len(CONFIG_FIELDS)] == CONFIG_FIELDS
+    assert set(CUDA_FIELDS) <= set(fields)
+    assert set(fields) <= set(CONFIG_FIELDS) | set(CUDA_FIELDS) | {"cuda_devices"}
+
+
 def test_show_config_prints_every_field(capsys):
     gncpu.show_config()
     fields = parse_config(capsys.readouterr().out)
-    assert list(fields) == CONFIG_FIELDS
+    assert_config_fields(fields)
     assert fields["version"] == gncpu.__version__
     assert fields["python"] == sys.version.split()[0]
     assert fields["kernel_variant"] == VARIANTS[-1][0]
@@ -63,7 +72,7 @@ def test_info_command():
     run = run_gncpu("-m", "gncpu", "info")
     assert run.returncode == 0, run.stderr
     fields = parse_config(run.stdout)
-    assert list(fields) == CONFIG_FIELDS
+    assert_config_fields(fields)
     assert fields["kernel_variant"] == VARIANTS[-1][0]
     assert fields["version"] == gncpu.__version__
 

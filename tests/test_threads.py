@@ -94,7 +94,7 @@ def test_best_variant_is_selected():
     assert gncpu.kernel.kernels.build_info()["variant"] == names[-1]
 
 
-# Inputs at least SERIAL_BELOW elements, so the public API really threads.
+# Inputs large enough that the public API really runs 2+ threads.
 API_CASES = [((1, 32, 64, 64), 1), ((1, 6, 83, 79), 3), ((1, 6, 83, 79), 2), ((4, 32, 16, 16), 32)]
 
 
@@ -102,7 +102,7 @@ API_CASES = [((1, 32, 64, 64), 1), ((1, 6, 83, 79), 3), ((1, 6, 83, 79), 2), ((4
 @pytest.mark.parametrize("case", API_CASES, ids=case_id)
 def test_public_api_bitwise_across_thread_counts(rng, case, dtype):
     shape, groups = case
-    assert np.prod(shape) >= _config.SERIAL_BELOW
+    assert _config.resolve_threads(3, int(np.prod(shape))) >= 2
     x, eps = make_data(rng, shape, dtype)
     weight, bias = make_affine(rng, shape[1], dtype, "normal")
     single = gncpu.group_norm(x, groups, weight, bias, num_threads=1)
@@ -114,13 +114,18 @@ def test_public_api_bitwise_across_thread_counts(rng, case, dtype):
 # --------------------------------------------------------------------------- thread policy
 
 
-def test_small_inputs_run_on_one_thread():
-    below, at = _config.SERIAL_BELOW - 1, _config.SERIAL_BELOW
-    assert _config.resolve_threads(4, below) == 1
-    assert _config.resolve_threads(None, below) == 1
-    assert _config.resolve_threads(4, at) == 4
-    assert _config.resolve_threads(None, at) == gncpu.get_num_threads()
-    assert _config.resolve_threads(-1, at) == gncpu.kernel.kernels.max_threads()
+def test_thread_count_is_capped_by_the_work():
+    """Each thread gets at least MIN_ELEMENTS_PER_THREAD elements: small
+    inputs run on one thread, medium ones on a few."""
+    per_thread = _config.MIN_ELEMENTS_PER_THREAD
+    assert _config.resolve_threads(4, 2 * per_thread - 1) == 1
+    assert _config.resolve_threads(None, 2 * per_thread - 1) == 1
+    assert _config.resolve_threads(4, 0) == 1
+    assert _config.resolve_threads(4, 2 * per_thread) == 2
+    assert _config.resolve_threads(4, 3 * per_thread + 5) == 3
+    assert _config.resolve_threads(4, 100 * per_thread) == 4
+    assert _config.resolve_threads(None, 100 * per_thread) == min(gncpu.get_num_threads(), 100)
+    assert _config.resolve_threads(-1, 100 * per_thread) == gncpu.kernel.kernels.max_threads()
 
 
 def test_set_num_threads(restore_threads):
