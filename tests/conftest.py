@@ -147,10 +147,6 @@ def oracle(x, num_groups, weight=None, bias=None, eps=1e-5, **kwargs):
     return reference.group_norm(x, num_groups, weight, bias, eps, **kwargs)
 
 
-def max_abs_error(y, ref):
-    return float(np.max(np.abs(np.asarray(y, np.float64) - ref), initial=0.0))
-
-
 def assert_same_nans(y, ref):
     y_nan, ref_nan = np.isnan(np.asarray(y, np.float64)), np.isnan(ref)
     if not np.array_equal(y_nan, ref_nan):
