@@ -58,8 +58,28 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="show the build and run-time configuration").set_defaults(fn=_info)
     sub.add_parser("demo", help="check accuracy and time one SD-sized GroupNorm").set_defaults(fn=_demo)
+    from .bench import add_bench_command
+
+    add_bench_command(sub)
+    # `run` parses its own arguments in gncpu.onnx.cli, imported only when
+    # used: importing onnx costs ~0.3 s, and onnx is an optional extra.
+    run = sub.add_parser("run", help="run an ONNX model natively and report what ran how "
+                                     "(python -m gncpu run --help)", add_help=False)
+    run.add_argument("run_args", nargs=argparse.REMAINDER)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # everything after `run` is the ONNX CLI's, --help included
+        return _run(argv[1:])
     args = parser.parse_args(argv)
     return args.fn(args)
+
+
+def _run(run_args):
+    try:
+        from gncpu.onnx import cli
+    except ImportError as exc:
+        print(f"python -m gncpu run: {exc}", file=sys.stderr)
+        return 2
+    return cli.main(run_args)
 
 
 if __name__ == "__main__":

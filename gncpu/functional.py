@@ -96,7 +96,7 @@ def _check_out(out, x, dtype, moved):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
     if out.shape != x.shape:
         raise ValueError(f"out has shape {out.shape}, expected the input's shape {x.shape}")
-    if out.dtype.newbyteorder("=") != dtype:
+    if out.dtype != dtype and out.dtype.newbyteorder("=") != dtype:
         raise ValueError(f"out has dtype {out.dtype}, expected the input's dtype {dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only: expected a writeable array")

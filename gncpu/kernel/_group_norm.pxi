@@ -311,7 +311,7 @@ cdef inline void affine_table_run(const real* x, real* y, Py_ssize_t n, const re
             y[i] = gelu_tanh((x[i] - head[i]) * a[i] + b[i])
 
 
-cdef inline void affine_coefficients(double mean, double rstd, const real* weight,
+cdef inline bint affine_coefficients(double mean, double rstd, const real* weight,
                                      const real* bias, Py_ssize_t c, real* head, real* a,
                                      real* b) noexcept nogil:
     """Per-channel coefficients of y = (x - head) * a + b.
@@ -320,11 +320,40 @@ cdef inline void affine_coefficients(double mean, double rstd, const real* weigh
     exact near a large offset, and subtracting before scaling avoids x*a + b,
     which loses ~1e-3 at |x| ~ 1e4 in float32. The tail (|tail| <=
     ulp(mean)/2) is folded into the shift b.
+
+    Returns True if the scale is finite but not representable in the working
+    precision (float32 data of subnormal spread with eps = 0: 1/std > 3.4e38);
+    the caller then applies that channel with apply_exact.
     """
     cdef double scale = rstd * weight[c] if weight != NULL else rstd
     head[0] = <real>mean
     a[0] = <real>scale
     b[0] = <real>((bias[c] if bias != NULL else 0) - (mean - <double>head[0]) * scale)
+    return isfinite(scale) and not isfinite(a[0])
+
+
+cdef inline real activate_one(real v, int activation) noexcept nogil:
+    if activation == ACT_SILU:
+        return silu(v)
+    if activation == ACT_RELU:
+        return relu(v)
+    if activation == ACT_GELU:
+        return gelu(v)
+    if activation == ACT_GELU_TANH:
+        return gelu_tanh(v)
+    return v
+
+
+cdef inline void apply_exact(const real* x, real* y, Py_ssize_t n, double mean, double rstd,
+                             const real* weight, const real* bias, Py_ssize_t c,
+                             int activation) noexcept nogil:
+    """y[i] = act((x[i] - mean) * rstd * weight[c] + bias[c]) in float64, for
+    a channel whose scale overflows the working precision (rare: slow is fine)."""
+    cdef double scale = rstd * weight[c] if weight != NULL else rstd
+    cdef double shift_by = bias[c] if bias != NULL else 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = activate_one(<real>((x[i] - mean) * scale + shift_by), activation)
 
 
 # ---------------------------------------------------------------- NCHW
@@ -378,8 +407,10 @@ cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssiz
     for c in range(start // hw, (stop - 1) // hw + 1):
         lo = max(start, c * hw)
         hi = min(stop, (c + 1) * hw)
-        affine_coefficients(m.mean, rstd, weight, bias, c, &head, &a, &b)
-        affine_scalar(src + lo, y + lo, hi - lo, head, a, b, activation)
+        if affine_coefficients(m.mean, rstd, weight, bias, c, &head, &a, &b):
+            apply_exact(src + lo, y + lo, hi - lo, m.mean, rstd, weight, bias, c, activation)
+        else:
+            affine_scalar(src + lo, y + lo, hi - lo, head, a, b, activation)
 
 
 cdef inline const real* shift(const real* p, Py_ssize_t by) noexcept nogil:
@@ -522,6 +553,10 @@ cdef struct GroupsNHWC:
     Py_ssize_t block_rows, blocks_per_sample
     double eps
     int activation
+    # Per (sample, group): 1 if a channel's scale overflows the working
+    # precision (see affine_coefficients), and the group's mean and rstd.
+    unsigned char* exact
+    double* stats
 
 
 cdef inline void nhwc_geometry(GroupsNHWC* g, Py_ssize_t rows, Py_ssize_t channels,
@@ -668,8 +703,12 @@ cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, M
         m = exact_moments(src + n * g.rows * g.channels + k * g.channels_per_group, g.rows,
                           g.channels_per_group, g.channels)
     rstd = inv_std(m, g.eps)
+    g.exact[p] = 0
+    g.stats[2 * p] = m.mean
+    g.stats[2 * p + 1] = rstd
     for ch in range(k * g.channels_per_group, (k + 1) * g.channels_per_group):
-        affine_coefficients(m.mean, rstd, weight, bias, ch, &head[ch], &a[ch], &b[ch])
+        if affine_coefficients(m.mean, rstd, weight, bias, ch, &head[ch], &a[ch], &b[ch]):
+            g.exact[p] = 1
         for r in range(1, g.line_rows):
             lane = r * g.channels + ch
             head[lane] = head[ch]
@@ -677,8 +716,8 @@ cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, M
             b[lane] = b[ch]
 
 
-cdef inline void apply_block(const real* src, real* y, Py_ssize_t b, GroupsNHWC* g,
-                             const real* table) noexcept nogil:
+cdef inline void apply_block(const real* src, real* y, const real* weight, const real* bias,
+                             Py_ssize_t b, GroupsNHWC* g, const real* table) noexcept nogil:
     """Normalize one block of rows in memory order, a line at a time, with
     the sample's per-lane coefficients (3 lines in `table`, L1-resident)."""
     cdef Py_ssize_t n = b // g.blocks_per_sample
@@ -686,11 +725,38 @@ cdef inline void apply_block(const real* src, real* y, Py_ssize_t b, GroupsNHWC*
     cdef Py_ssize_t stop = min(first + g.block_rows, g.rows)
     cdef Py_ssize_t k, r, offset
     cdef const real* head = table + (n * 3) * g.line
+    for k in range(g.groups):
+        if g.exact[n * g.groups + k]:
+            apply_block_by_group(src, y, weight, bias, n, first, stop, g, head)
+            return
     for k in range((stop - first + g.line_rows - 1) // g.line_rows):
         r = first + k * g.line_rows
         offset = (n * g.rows + r) * g.channels
         affine_table(src + offset, y + offset, min(g.line_rows, stop - r) * g.channels, head,
                      head + g.line, head + 2 * g.line, g.activation)
+
+
+cdef inline void apply_block_by_group(const real* src, real* y, const real* weight,
+                                      const real* bias, Py_ssize_t n, Py_ssize_t first,
+                                      Py_ssize_t stop, GroupsNHWC* g,
+                                      const real* head) noexcept nogil:
+    """apply_block for a sample with a group whose scale overflows the
+    working precision: row by row, group by group, those groups in float64."""
+    cdef Py_ssize_t r, k, p, ch, offset
+    cdef Py_ssize_t cpg = g.channels_per_group
+    for r in range(first, stop):
+        for k in range(g.groups):
+            p = n * g.groups + k
+            ch = k * cpg
+            offset = (n * g.rows + r) * g.channels + ch
+            if g.exact[p]:
+                for ch in range(k * cpg, (k + 1) * cpg):
+                    apply_exact(src + offset - k * cpg + ch, y + offset - k * cpg + ch, 1,
+                                g.stats[2 * p], g.stats[2 * p + 1], weight, bias, ch,
+                                g.activation)
+            else:
+                affine_table(src + offset, y + offset, cpg, head + ch, head + g.line + ch,
+                             head + 2 * g.line + ch, g.activation)
 
 
 cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf,
@@ -719,7 +785,7 @@ cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf
         merge_blocks_at(src, p, g, parts, weight, bias, table)
     gncpu_barrier()
     for b in range(share_start(blocks, t + 1, threads) - 1, share_start(blocks, t, threads) - 1, -1):
-        apply_block(src, y, b, g, table)
+        apply_block(src, y, weight, bias, b, g, table)
 
 
 cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const real* weight,
@@ -730,7 +796,9 @@ cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const rea
     cdef int failed = 0
     cdef Moments* parts = <Moments*>malloc(n * g.blocks_per_sample * g.groups * sizeof(Moments))
     cdef real* table = <real*>malloc(n * 3 * g.line * sizeof(real))
-    if parts != NULL and table != NULL:
+    g.exact = <unsigned char*>malloc(n * g.groups)
+    g.stats = <double*>malloc(n * g.groups * 2 * sizeof(double))
+    if parts != NULL and table != NULL and g.exact != NULL and g.stats != NULL:
         if threads == 1:  # no parallel region at all: opening one costs ~1 us
             nhwc_thread(x, y, skip, buf, weight, bias, skip_bias, 0, 1, n, g, parts, table,
                         &failed)
@@ -742,6 +810,8 @@ cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const rea
         failed = 1
     free(parts)
     free(table)
+    free(g.exact)
+    free(g.stats)
     return -1 if failed else 0
 
 

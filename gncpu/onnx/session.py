@@ -1,0 +1,422 @@
+"""InferenceSession: onnxruntime's calling convention over gncpu's native ops.
+
+    session = InferenceSession("vae_decoder.onnx", num_threads=2)
+    (image,) = session.run(None, {"latent": z})
+
+Loading parses the model, checks its structure, folds what is constant, fuses
+GroupNorm patterns into native nodes (gncpu.onnx.fusion) and binds every node
+to a kernel: a native NumPy/gncpu op, the If/Loop runner, or onnx.reference for
+that single node (listed once in a warning).
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from . import context, fusion, ops
+from .errors import InvalidModelError
+from .graph import Graph, ValueInfo, graph_from_model, normalize_domain
+from .plan import GROUP_NORM_FAMILY, Plan, fold_constants, prune_initializers, remove_dead_nodes, topological_order
+
+class FallbackWarning(UserWarning):
+    """Some nodes run through onnx.reference (correct, but slow)."""
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """A graph input or output as onnxruntime describes it."""
+    name: str
+    shape: list      # ints, symbolic names (str) or None per dim; [] for scalars
+    type: str        # "tensor(float)", "tensor(int64)", ...
+
+    def __repr__(self):
+        return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape})"
+
+
+def _type_string(dtype: Optional[np.dtype]) -> str:
+    if dtype is None:
+        return "tensor(undefined)"
+    try:
+        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except (KeyError, TypeError, ValueError):
+        return f"tensor({dtype})"
+    return f"tensor({onnx.TensorProto.DataType.Name(elem).lower()})"
+
+
+def load_model_proto(model: Union[str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto]) -> onnx.ModelProto:
+    """Parse `model` (a path, serialized bytes or a ModelProto) with clear errors."""
+    if isinstance(model, onnx.ModelProto):
+        proto, source, base_dir = model, "the ModelProto", None
+    else:
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            data, source, base_dir = bytes(model), f"the {len(model)} bytes given", None
+        elif isinstance(model, (str, os.PathLike)):
+            path = os.fspath(model)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"ONNX model file {path!r} does not exist")
+            with open(path, "rb") as f:
+                data = f.read()
+            source, base_dir = f"file {path!r}", os.path.dirname(os.path.abspath(path))
+        else:
+            raise TypeError(f"model must be a path, bytes or onnx.ModelProto, got {type(model).__name__}")
+        if not data:
+            raise InvalidModelError(f"{source} is empty, not an ONNX model")
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(data)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            raise InvalidModelError(f"{source} is not a valid ONNX model (truncated or not ONNX): "
+                                    f"protobuf parsing failed: {exc}") from exc
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise InvalidModelError(
+            f"{source} is not an ONNX model: it has no graph or no IR version (ir_version={proto.ir_version})")
+    if not proto.graph.output:
+        raise InvalidModelError(f"{source} has a graph with no outputs: nothing to compute")
+    if base_dir is not None and _uses_external_data(proto):
+        from onnx.external_data_helper import load_external_data_for_model
+        try:
+            load_external_data_for_model(proto, base_dir)
+        except (OSError, ValueError) as exc:
+            raise InvalidModelError(f"{source}: cannot load its external tensor data: {exc}") from exc
+    elif base_dir is None and _uses_external_data(proto):
+        raise InvalidModelError(f"{source} keeps tensors in external files; load it from its path instead")
+    return proto
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+
+
+class InferenceSession:
+    """Load an ONNX model once, run it many times.
+
+    model: path, serialized bytes or onnx.ModelProto.
+    num_threads: threads a run uses (None: gncpu.get_num_threads()). Convs and
+        matmuls split their blocks over that many threads while BLAS is held to
+        one thread per call (through threadpoolctl; without it BLAS threads
+        itself); GroupNorm kernels get it as their num_threads.
+    fuse: rewrite GroupNorm patterns into native nodes (default True).
+    allow_fallback: run ops without a native implementation through
+        onnx.reference (default True); False makes such models fail to load.
+    providers: accepted for code written against onnxruntime; gncpu runs on
+        the CPU, so the list must name "CPUExecutionProvider".
+    """
+
+    def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True,
+                 allow_fallback: bool = True, providers: Optional[Sequence] = None):
+        if providers is not None:
+            names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
+            if "CPUExecutionProvider" not in names:
+                raise ValueError(f"providers={list(names)}: gncpu.onnx runs on the CPU only; "
+                                 f"pass providers=['CPUExecutionProvider'] or omit providers")
+        if num_threads is not None:
+            from .._config import _count
+            num_threads = _count(num_threads, "num_threads")
+        self._num_threads = num_threads
+        start = time.perf_counter()
+        proto = load_model_proto(model)
+        try:
+            graph = graph_from_model(proto)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InvalidModelError(f"cannot read the model's graph (corrupt tensor or attribute?): {exc}") from exc
+        # Keep the metadata, not the proto: its tensors would double the weights' memory.
+        self._meta = {"producer_name": proto.producer_name, "producer_version": proto.producer_version,
+                      "domain": proto.domain, "graph_name": proto.graph.name, "description": proto.doc_string,
+                      "version": proto.model_version,
+                      "custom_metadata_map": {p.key: p.value for p in proto.metadata_props}}
+        del proto
+        ops.load_all()
+        self._declared_inputs = list(graph.inputs)
+        self._declared_outputs = list(graph.outputs)
+        self._nodes_in_file = len(graph.nodes)
+        self._op_types_in_file = Counter(_op_key(n) for n in graph.nodes)
+        topological_order(graph)  # structural errors surface before any work
+        static = {v.name: v.shape for v in graph.inputs
+                  if v.shape is not None and all(isinstance(d, int) for d in v.shape)}
+        self._folded = fold_constants(graph, static)
+        self._fusion_report = {}
+        if fuse:
+            self._fusion_report = dict(fusion.fuse_graph(graph) or {})
+        self._dead_removed = remove_dead_nodes(graph)
+        self._initializers_pruned = prune_initializers(graph)
+        for value in graph.initializers.values():
+            if isinstance(value, np.ndarray):
+                # Constants: ops never write them, and read-only marks them safe to cache derived values of.
+                value.flags.writeable = False
+        self._graph = graph
+        self._plan = Plan(graph)
+        if any(s.kernel.label in ("Erf", "Gelu") and s.kernel.kind == "native" for s in self._plan.steps):
+            # Import scipy's erf now (~0.2 s) rather than inside the first run's timing.
+            from .ops.elementwise import erf_array
+            erf_array(np.zeros(1, np.float32))
+        self._load_seconds = time.perf_counter() - start
+        self._last_output_shapes: Dict[str, tuple] = {}
+        self._last_profile: Optional[Dict[str, dict]] = None
+        self._threadpools = _threadpool_controller()
+        fallback = Counter(s.kernel.label for s in self._plan.steps if s.kernel.kind == "fallback")
+        if fallback and not allow_fallback:
+            raise InvalidModelError(f"no native implementation for {dict(fallback)} and allow_fallback=False")
+        if fallback:
+            listed = ", ".join(f"{op} x{count}" for op, count in sorted(fallback.items()))
+            warnings.warn(f"gncpu.onnx: {sum(fallback.values())} node(s) have no native implementation and run "
+                          f"through onnx.reference (slow): {listed}", FallbackWarning, stacklevel=2)
+
+    # ------------------------------------------------------------------ onnxruntime API
+    def get_inputs(self) -> List[NodeArg]:
+        return [_node_arg(v) for v in self._declared_inputs]
+
+    def get_outputs(self) -> List[NodeArg]:
+        return [_node_arg(v) for v in self._declared_outputs]
+
+    def get_modelmeta(self):
+        return dict(self._meta)
+
+    def run(self, output_names: Optional[Sequence[str]], input_feed: Dict[str, object], run_options=None) -> list:
+        """Outputs named by `output_names` (None: all, in graph order) for `input_feed`."""
+        return self._run(output_names, input_feed, None)
+
+    # ------------------------------------------------------------------ gncpu extras
+    def run_with_profile(self, output_names, input_feed):
+        """Like run(), also returning seconds spent per op type:
+        {op_type: {"calls": n, "seconds": s}}, slowest first."""
+        totals: Dict[str, list] = {}
+
+        def record(step, seconds):
+            entry = totals.setdefault(step.kernel.label, [0, 0.0])
+            entry[0] += 1
+            entry[1] += seconds
+
+        outputs = self._run(output_names, input_feed, record)
+        profile = OrderedDict((op, {"calls": c, "seconds": s})
+                              for op, (c, s) in sorted(totals.items(), key=lambda kv: -kv[1][1]))
+        self._last_profile = profile
+        return outputs, profile
+
+    def run_with_progress(self, output_names, input_feed, callback):
+        """Like run(); `callback(done_nodes, total_nodes, step_label)` after each node."""
+        total = len(self._plan.steps)
+        done = [0]
+
+        def record(step, seconds):
+            done[0] += 1
+            callback(done[0], total, step.kernel.label)
+
+        return self._run(output_names, input_feed, record)
+
+    @property
+    def graph(self) -> Graph:
+        """The graph as it runs (after folding and fusion); read-only by convention."""
+        return self._graph
+
+    def stats(self) -> dict:
+        """What summary() prints, as a dict."""
+        steps = self._plan.steps
+        kinds = Counter(s.kernel.kind for s in steps)
+        gn_native = sum(1 for s in steps if _op_key(s.node) in GROUP_NORM_FAMILY and s.kernel.kind == "native")
+        gn_fallback = sum(1 for s in steps if _op_key(s.node) in GROUP_NORM_FAMILY and s.kernel.kind != "native")
+        report = self._fusion_report
+        return {
+            "producer": f"{self._meta['producer_name']} {self._meta['producer_version']}".strip(),
+            "opsets": dict(self._graph.opsets),
+            "nodes_in_file": self._nodes_in_file,
+            "op_types_in_file": {(f"{d}::{op}" if d else op): n for (d, op), n in self._op_types_in_file.items()},
+            "nodes_folded": self._folded,
+            "nodes_removed_dead": self._dead_removed,
+            "nodes_run": len(steps),
+            "native_nodes": kinds.get("native", 0),
+            "control_flow_nodes": kinds.get("control", 0),
+            "fallback_nodes": kinds.get("fallback", 0),
+            "fallback_ops": dict(Counter(s.kernel.label for s in steps if s.kernel.kind == "fallback")),
+            "op_types_run": dict(Counter(s.kernel.label for s in steps)),
+            "group_norm_native": gn_native,
+            "group_norm_fallback": gn_fallback,
+            "group_norm_fused": int(report.get("group_norm_fused", 0)),
+            "silu_fused": int(report.get("silu_fused", 0)),
+            "fusion_patterns": dict(report.get("patterns", {})),
+            "inputs": [(a.name, a.type, a.shape) for a in self.get_inputs()],
+            "outputs": [(a.name, a.type, a.shape) for a in self.get_outputs()],
+            "last_output_shapes": dict(self._last_output_shapes),
+            "load_seconds": self._load_seconds,
+            "num_threads": self._num_threads,
+            "profile": self._last_profile,
+        }
+
+    def summary(self) -> str:
+        s = self.stats()
+        lines = [f"gncpu.onnx session: {s['producer'] or 'unknown producer'}, opsets "
+                 + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(s["opsets"].items())),
+                 f"  nodes: {s['nodes_in_file']} in file, {s['nodes_folded']} folded at load, "
+                 f"{s['nodes_removed_dead']} dead removed, {s['nodes_run']} run "
+                 f"({s['native_nodes']} native, {s['control_flow_nodes']} control flow, "
+                 f"{s['fallback_nodes']} via onnx.reference); loaded in {s['load_seconds'] * 1e3:.0f} ms",
+                 f"  GroupNorm: {s['group_norm_native']} run natively, {s['group_norm_fused']} of them fused "
+                 f"from exporter patterns, {s['silu_fused']} SiLU fused"
+                 + (f", {s['group_norm_fallback']} NOT native" if s["group_norm_fallback"] else "")]
+        if s["fusion_patterns"]:
+            lines.append("  fused patterns: " + ", ".join(f"{k} x{v}" for k, v in sorted(s["fusion_patterns"].items())))
+        if s["fallback_ops"]:
+            lines.append("  fallback ops (onnx.reference): "
+                         + ", ".join(f"{op} x{n}" for op, n in sorted(s["fallback_ops"].items())))
+        else:
+            lines.append("  fallback ops: none")
+        lines.append("  ops run: " + ", ".join(f"{op} x{n}" for op, n in
+                                                sorted(s["op_types_run"].items(), key=lambda kv: (-kv[1], kv[0]))))
+        for title, values in (("inputs", s["inputs"]), ("outputs", s["outputs"])):
+            for name, type_, shape in values:
+                got = s["last_output_shapes"].get(name) if title == "outputs" else None
+                lines.append(f"  {title[:-1]} {name}: {type_} {_shape_str(shape)}"
+                             + (f" -> last run {_shape_str(got)}" if got is not None else ""))
+        if s["profile"]:
+            total = sum(p["seconds"] for p in s["profile"].values()) or 1.0
+            lines.append("  time per op type (last profiled run):")
+            for op, p in s["profile"].items():
+                lines.append(f"    {op:<24} {p['calls']:5d} calls {p['seconds'] * 1e3:10.2f} ms "
+                             f"{100 * p['seconds'] / total:5.1f}%")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        s = self.stats()
+        return (f"<gncpu.onnx.InferenceSession: {s['nodes_run']} nodes, {s['group_norm_native']} native GroupNorm, "
+                f"{s['fallback_nodes']} fallback>")
+
+    # ------------------------------------------------------------------ internals
+    def _run(self, output_names, input_feed, on_step):
+        names = self._check_output_names(output_names)
+        feeds = self._check_feeds(input_feed)
+        env = dict(self._graph.initializers)
+        env.update(feeds)
+        if self._threadpools is not None:
+            # Ops split big products over our own threads with BLAS held to one thread each
+            # (see ops/parallel.py); without threadpoolctl BLAS does its own threading.
+            op_threads = self._num_threads if self._num_threads is not None else _default_threads()
+            limit = self._threadpools.limit(limits=1, user_api="blas")
+        else:
+            op_threads, limit = 1, _NoLimit()
+        with context.using_threads(self._num_threads, op_threads), limit:
+            env = self._plan.execute(env, names, on_step)
+        results = []
+        for name in names:
+            value = env[name]
+            if isinstance(value, np.ndarray) and self._aliases_held_buffer(value, feeds):
+                value = value.copy()  # never hand out the session's or the caller's buffers
+            results.append(value)
+        self._last_output_shapes = {name: np.shape(v) for name, v in zip(names, results)}
+        return results
+
+    def _aliases_held_buffer(self, value, feeds) -> bool:
+        """Whether `value` is (a view of) an initializer or a feed: Identity,
+        Reshape and friends return views, and writing into such an output
+        would change the model or the caller's array."""
+        base = value
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        held = [a for a in self._graph.initializers.values() if isinstance(a, np.ndarray)]
+        held += [a for a in feeds.values() if isinstance(a, np.ndarray)]
+        for array in held:
+            root = array
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            if root is base or np.may_share_memory(value, array):
+                return True
+        return False
+
+    def _check_output_names(self, output_names):
+        available = [v.name for v in self._declared_outputs]
+        if output_names is None:
+            return available
+        if isinstance(output_names, str):
+            raise TypeError(f"output_names must be a list of names or None, got the string {output_names!r}")
+        names = list(output_names)
+        for name in names:
+            if name not in available:
+                raise ValueError(f"output_names: {name!r} is not an output of the model; outputs are {available}")
+        return names
+
+    def _check_feeds(self, input_feed) -> Dict[str, np.ndarray]:
+        if not isinstance(input_feed, dict):
+            raise TypeError(f"input_feed must be a dict of name -> array, got {type(input_feed).__name__}")
+        expected = {v.name: v for v in self._declared_inputs}
+        for name in input_feed:
+            if name not in expected:
+                raise ValueError(f"input_feed: {name!r} is not an input of the model; inputs are "
+                                 f"{[_describe_info(v) for v in self._declared_inputs]}")
+        feeds = {}
+        for info in self._declared_inputs:
+            if info.name not in input_feed:
+                raise ValueError(f"input_feed: missing input {info.name!r} (expected {_describe_info(info)})")
+            value = input_feed[info.name]
+            if info.dtype is None and info.shape is None:
+                feeds[info.name] = value  # a sequence, map or optional: passed through as given
+                continue
+            if not isinstance(value, np.ndarray):
+                value = np.asarray(value)
+            if info.dtype is not None and value.dtype != info.dtype:
+                raise ValueError(f"input {info.name!r}: expected dtype {info.dtype} ({_type_string(info.dtype)}), "
+                                 f"got {value.dtype}")
+            if info.shape is not None:
+                if value.ndim != len(info.shape):
+                    raise ValueError(f"input {info.name!r}: expected rank {len(info.shape)} "
+                                     f"(shape {_shape_str(info.shape)}), got rank {value.ndim} with shape "
+                                     f"{tuple(value.shape)}")
+                for axis, (want, got) in enumerate(zip(info.shape, value.shape)):
+                    if isinstance(want, int) and want != got:
+                        raise ValueError(f"input {info.name!r}: expected shape {_shape_str(info.shape)}, got "
+                                         f"{tuple(value.shape)} (dimension {axis} must be {want}, is {got})")
+            feeds[info.name] = value
+        return feeds
+
+
+def _op_key(node):
+    return (normalize_domain(node.domain), node.op_type)
+
+
+def _node_arg(info: ValueInfo) -> NodeArg:
+    shape = [] if info.shape is None else [d if d != "" else None for d in info.shape]
+    return NodeArg(info.name, shape, _type_string(info.dtype))
+
+
+def _shape_str(shape) -> str:
+    if shape is None:
+        return "(unknown rank)"
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _describe_info(info: ValueInfo) -> str:
+    return f"{info.name!r} {_type_string(info.dtype)} {_shape_str(info.shape)}"
+
+
+_controller = None
+
+
+def _threadpool_controller():
+    """One threadpoolctl controller per process (building one scans the loaded libraries)."""
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
+        _controller = ThreadpoolController()
+    return _controller
+
+
+def _default_threads():
+    from .._config import get_num_threads
+    return get_num_threads()
+
+
+class _NoLimit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
