@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 import gncpu
 from conftest import (F32_GENERIC_ULPS, F32_TOL, F64_TOL, VARIANTS, assert_bitwise_equal,
                       assert_close, assert_f16_close, assert_matches_oracle, make_affine, make_data,
-                      offset_kind, oracle, run_variant)
+                      offset_kind, oracle, run_variant, tolerance)
 from gncpu import reference
 
 FLOAT_DTYPES = [np.float32, np.float64, np.float16]
@@ -193,14 +193,18 @@ def test_tiny_float32_magnitudes_with_zero_eps(rng):
     assert_close(gncpu.group_norm(x, 2, eps=0.0), oracle(x, 2, eps=0.0), F32_TOL["normal"])
 
 
-@pytest.mark.xfail(strict=True, reason="subnormal float32 data with eps=0: rstd ~ 1e40 and the "
-                                       "float32 factor rstd * weight overflows to Inf, so the output is "
-                                       "+-Inf instead of ~N(0,1)")
+@pytest.mark.parametrize("activation", [None, "silu"], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_subnormal_float32_magnitudes_with_zero_eps(rng, channels_last):
-    x = (rng.standard_normal((1, 8, 8, 8)) * 1e-40).astype(np.float32)
-    y = gncpu.group_norm(x, 2, eps=0.0, channels_last=channels_last)
-    assert_close(y, oracle(x, 2, eps=0.0, channels_last=channels_last), F32_TOL["normal"])
+@pytest.mark.parametrize("scale", [1e-40, 1e-44])
+def test_subnormal_float32_magnitudes_with_zero_eps(rng, scale, channels_last, activation):
+    """1/std ~ 1e40 is beyond float32: the scale must not overflow to Inf."""
+    x = (rng.standard_normal((1, 8, 8, 8)) * scale).astype(np.float32)
+    weight, bias = make_affine(rng, 8, np.float32, "normal")
+    y = gncpu.group_norm(x, 2, weight, bias, eps=0.0, channels_last=channels_last,
+                         activation=activation)
+    ref = reference.apply_activation(oracle(x, 2, weight, bias, eps=0.0, channels_last=channels_last),
+                                     activation)
+    assert_close(y, ref, tolerance(np.float32, "normal", fused=activation is not None))
 
 
 def test_small_float32_magnitudes_with_zero_eps(rng):
