@@ -41,7 +41,6 @@ cdef extern from "_vecmath.h":
     float gn_silu_f32(float) noexcept nogil
     float gn_gelu_f32(float) noexcept nogil
     float gn_gelu_tanh_f32(float) noexcept nogil
-    float gn_relu_f32(float) noexcept nogil
 
 ctypedef fused real:
     float
