@@ -24,7 +24,7 @@ _COMPUTE_DTYPE = {
 }
 
 
-def _as_array(input):
+def _as_array(input, name="input"):
     if type(input) is np.ndarray:
         return input
     if isinstance(input, np.ndarray):
@@ -34,7 +34,7 @@ def _as_array(input):
         return np.asarray(input)
     if hasattr(input, "__dlpack__"):
         return np.from_dlpack(input)
-    raise TypeError(f"input must be a NumPy array (or an array object on the CPU), "
+    raise TypeError(f"{name} must be a NumPy array (or an array object on the CPU), "
                     f"got {type(input).__name__}")
 
 
@@ -137,7 +137,7 @@ def _to_nchw(a):
 
 def _check_skip(skip, x, dtype, moved):
     """skip as a C-contiguous array of the compute dtype in the kernel's layout."""
-    arr = _as_array(skip)
+    arr = _as_array(skip, "skip")
     if arr.shape != x.shape:
         raise ValueError(f"skip has shape {arr.shape}, expected the input's shape {x.shape}")
     if arr.dtype.kind != "f":

@@ -143,9 +143,6 @@ def test_constant_groups_give_bias_exactly(rng, case, dtype, value):
                                                      shape), f"({layout})")
 
 
-@pytest.mark.xfail(strict=True, reason="NHWC float64: the group mean is the mean of its channels' "
-                                       "means (sum / k), which is inexact for k = 10 such values: "
-                                       "a constant group gets a variance > 0 and is not bias")
 @pytest.mark.parametrize("value", [0.1, 1 / 3, 1e4 + 0.1, 1e30], ids=lambda v: f"{v:g}")
 def test_float64_constant_groups_with_inexact_sums(value):
     x = np.full((1, 64, 10), value)           # 64 rows, one group of 10 channels

@@ -11,12 +11,14 @@ import gncpu
 import gncpu.cuda
 from gncpu import reference
 from gncpu.cuda import is_cuda_array
+from conftest import python_command, subprocess_env
 
 
 def test_importing_gncpu_imports_no_gpu_library():
     code = ("import sys, gncpu, gncpu.cuda, gncpu.cuda.plan; "
             "print(sorted(m for m in ('cupy', 'torch', 'cupy_backends') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(python_command("-c", code), capture_output=True, text=True, check=True,
+                         env=subprocess_env()).stdout
     assert out.strip() == "[]"
 
 

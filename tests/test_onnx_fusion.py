@@ -348,7 +348,7 @@ def test_channels_last_scaled_variance_left_alone():
             node.output[0] = "var_half"
     model.graph.node.append(helper.make_node("Mul", ["var_half", "two_f"], ["var"]))
     model.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "two_f"))
-    onnx.helper.make_model  # keep graph order valid: move the new Mul before its reader
+    # keep the graph topologically sorted: the new Mul goes before its reader
     nodes = list(model.graph.node)
     new = nodes.pop()
     nodes.insert(next(i for i, n in enumerate(nodes) if "var" in n.input), new)

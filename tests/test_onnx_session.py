@@ -2,7 +2,6 @@
 summary, CLI; and the errors users meet on bad models and bad feeds."""
 import os
 import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -16,6 +15,7 @@ from gncpu.onnx import InferenceSession, NodeArg  # noqa: E402
 from gncpu.onnx.cli import main as cli_main  # noqa: E402
 from gncpu.onnx.errors import InvalidModelError  # noqa: E402
 from gncpu.onnx.session import FallbackWarning  # noqa: E402
+from conftest import python_command, subprocess_env
 
 MODELS = os.path.join(os.path.dirname(__file__), "models")
 RNG = np.random.default_rng(7)
@@ -378,9 +378,8 @@ def test_cli_inputs_from_files_and_errors(tmp_path, capsys):
 
 def test_importing_gncpu_does_not_import_onnx():
     code = "import sys, gncpu; print('onnx' in sys.modules, 'gncpu.onnx' in sys.modules)"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                                       os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    result = subprocess.run(python_command("-c", code), capture_output=True, text=True,
+                            env=subprocess_env(), check=True)
     assert result.stdout.split() == ["False", "False"]
 
 

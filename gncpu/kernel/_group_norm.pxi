@@ -41,7 +41,6 @@ cdef extern from "_vecmath.h":
     float gn_silu_f32(float) noexcept nogil
     float gn_gelu_f32(float) noexcept nogil
     float gn_gelu_tanh_f32(float) noexcept nogil
-    float gn_relu_f32(float) noexcept nogil
 
 ctypedef fused real:
     float
@@ -94,6 +93,13 @@ cdef inline double sum_lanes(const real* acc) noexcept nogil:
     return part[0]
 
 
+cdef inline double mean_of_8(double a, double b, double c, double d, double e, double f,
+                            double g, double h) noexcept nogil:
+    """A pairwise sum: exact when the 8 values are equal, so a constant group
+    gets its value back as the centre, zero deviations, and exactly bias."""
+    return (((a + b) + (c + d)) + ((e + f) + (g + h))) * 0.125
+
+
 cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     """Moments of x[0:n] (n <= CHUNK) in one pass of shifted sums.
 
@@ -106,11 +112,11 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     cdef real acc_dd[LANES]
     cdef real centre, d
     cdef Py_ssize_t i, j, body = n - n % LANES
-    cdef double s1 = 0, s2
+    cdef double s1, s2
     cdef Moments m
-    for j in range(8):
-        s1 += x[(j * n) // 8]
-    centre = <real>(s1 / 8)
+    centre = <real>(mean_of_8(x[0], x[n // 8], x[(2 * n) // 8], x[(3 * n) // 8],
+                              x[(4 * n) // 8], x[(5 * n) // 8], x[(6 * n) // 8],
+                              x[(7 * n) // 8]))
     for j in range(LANES):
         acc_d[j] = 0
         acc_dd[j] = 0
@@ -156,12 +162,12 @@ cdef inline Moments combine_equal(const Moments* parts, Py_ssize_t k, Py_ssize_t
     deviations of the means. Unlike k - 1 Chan merges it has no division in
     the loop (a sequential merge costs ~50 cycles of dependent divisions)."""
     cdef Py_ssize_t i
-    cdef double mean = 0, m2 = 0, spread = 0, d
+    cdef double base = parts[0].mean, shift_sum = 0, m2 = 0, spread = 0, mean, d
     cdef Moments m
-    for i in range(k):
-        mean += parts[i * stride].mean
+    for i in range(k):  # shifted by the first mean: equal means give it back exactly
+        shift_sum += parts[i * stride].mean - base
         m2 += parts[i * stride].m2
-    mean /= k
+    mean = base + shift_sum / k
     for i in range(k):
         d = parts[i * stride].mean - mean
         spread += d * d
@@ -607,14 +613,18 @@ cdef inline void channel_sums(const real* x, Py_ssize_t rows, GroupsNHWC* g, rea
     cdef Py_ssize_t r, k, j, lanes
     cdef const real* row
     cdef real local[LANES]   # a local array cannot alias x: this loop vectorizes
+    # offsets of the 8 rows spread over the block
+    cdef Py_ssize_t r0 = 0, r1 = (rows // 8) * nc, r2 = ((2 * rows) // 8) * nc
+    cdef Py_ssize_t r3 = ((3 * rows) // 8) * nc, r4 = ((4 * rows) // 8) * nc
+    cdef Py_ssize_t r5 = ((5 * rows) // 8) * nc, r6 = ((6 * rows) // 8) * nc
+    cdef Py_ssize_t r7 = ((7 * rows) // 8) * nc
     for k in range((nc + LANES - 1) // LANES):
         lanes = min(<Py_ssize_t>LANES, nc - k * LANES)
-        for j in range(LANES):
-            local[j] = 0
-        for r in range(8):
-            row = x + ((r * rows) // 8) * nc + k * LANES
-            for j in range(LANES):
-                local[j] += (row[j] if j < lanes else 0) * <real>0.125
+        row = x + k * LANES
+        for j in range(LANES):  # the 8 spread rows summed pairwise (exact if equal)
+            local[j] = ((((row[r0 + j] + row[r1 + j]) + (row[r2 + j] + row[r3 + j]))
+                         + ((row[r4 + j] + row[r5 + j]) + (row[r6 + j] + row[r7 + j])))
+                        * <real>0.125) if j < lanes else 0
         for j in range(lanes):
             centre[k * LANES + j] = local[j]
     for j in range(nc, width):

@@ -80,9 +80,4 @@ static inline float gn_gelu_f32(float y) {
     return y * (y < 0.0f ? h : 1.0f - h);
 }
 
-/* max(y, 0) with NaN kept (NaN < 0 is false). */
-static inline float gn_relu_f32(float y) {
-    return y < 0.0f ? 0.0f : y;
-}
-
 #endif

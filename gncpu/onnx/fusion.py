@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 import numpy as np
+import onnx
 
 from .fusion_decomposed import Match, find_match
 from .fusion_facts import GraphIndex, const_value, is_float_cast, static_shapes
@@ -41,7 +42,7 @@ NATIVE_GROUP_NORMS = {(FUSED_DOMAIN, FUSED_OP), ("", "GroupNormalization"),
                       ("com.microsoft", "GroupNorm"), ("com.microsoft", "SkipGroupNorm")}
 
 
-def fuse_graph(graph: Graph) -> Dict[str, int]:
+def fuse_graph(graph: Graph) -> Dict[str, object]:
     """Fuse every provable group normalization in `graph` (in place).
 
     Returns counts per pattern (keys COUNT_KEYS); "native_group_norms", how
@@ -120,7 +121,6 @@ def _unique_name(graph: Graph, idx: GraphIndex, base: str) -> str:
 
 
 def _param_dtype(idx: GraphIndex, x: str):
-    import onnx
     return np.float64 if idx.dtypes.get(x) == onnx.TensorProto.DOUBLE else np.float32
 
 

@@ -16,6 +16,7 @@ onnx.version_converter (20 -> 21) leaves its scale at (G).
 import numpy as np
 
 from ... import functional
+from .. import context
 from ..registry import register
 
 # gncpu GroupNorm's activation attribute; "" is none.
@@ -62,7 +63,8 @@ def _run(x, groups, scale, bias, epsilon, *, activation="", channels_last=False,
          skip=None, skip_bias=None, return_sum=False):
     return functional.group_norm(
         x, groups, scale, bias, float(epsilon), activation=activation or None,
-        channels_last=bool(channels_last), skip=skip, skip_bias=skip_bias, return_sum=return_sum)
+        channels_last=bool(channels_last), skip=skip, skip_bias=skip_bias, return_sum=return_sum,
+        num_threads=context.num_threads())
 
 
 @register("GroupNormalization", since=18)
