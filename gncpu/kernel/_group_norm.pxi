@@ -21,7 +21,7 @@
 # materialized in `buf` (the caller's sum output, or the output itself).
 
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport sqrt, isfinite, exp, erfc, tanh
+from libc.math cimport sqrt, isfinite, exp, erfc, tanh, fabs, ldexp, ilogb
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 cimport numpy as cnp
@@ -75,7 +75,8 @@ ACTIVATION_CODES = {None: ACT_NONE, "silu": ACT_SILU, "relu": ACT_RELU, "gelu": 
 cdef struct Moments:
     double count
     double mean
-    double m2      # sum of squared deviations from mean
+    double m2      # sum of squared deviations from mean, in units of scale**2
+    double scale   # 1, except from exact_moments on data beyond ~1e154
 
 
 # ---------------------------------------------------------------- statistics
@@ -132,6 +133,7 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     s1 = sum_lanes(acc_d)
     s2 = sum_lanes(acc_dd)
     m.count = n
+    m.scale = 1
     m.mean = centre + s1 / n
     m.m2 = max(s2 - s1 * (s1 / n), 0.0)  # s1 is small (centred): little cancellation
     return m
@@ -154,6 +156,7 @@ cdef inline void reset_moments(Moments* m) noexcept nogil:
     m.count = 0
     m.mean = 0
     m.m2 = 0
+    m.scale = 1
 
 
 cdef inline Moments combine_equal(const Moments* parts, Py_ssize_t k, Py_ssize_t stride) noexcept nogil:
@@ -172,33 +175,45 @@ cdef inline Moments combine_equal(const Moments* parts, Py_ssize_t k, Py_ssize_t
         d = parts[i * stride].mean - mean
         spread += d * d
     m.count = parts[0].count * k
+    m.scale = 1
     m.mean = mean
     m.m2 = m2 + parts[0].count * spread
     return m
 
 
 cdef inline double inv_std(Moments m, double eps) noexcept nogil:
-    return 1.0 / sqrt(m.m2 / m.count + eps)
+    if m.scale == 1:
+        return 1.0 / sqrt(m.m2 / m.count + eps)
+    return 1.0 / (m.scale * sqrt(m.m2 / m.count + eps / (m.scale * m.scale)))
 
 
 cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t width,
                                   Py_ssize_t stride) noexcept nogil:
     """Two-pass float64 moments of `rows` runs of `width` elements, `stride`
     apart: the fallback when the fast sums cannot be trusted (see
-    needs_exact_moments)."""
-    cdef double s = 0, ss = 0, d
-    cdef Py_ssize_t r, i
+    needs_exact_moments). The data is divided by its largest magnitude (a
+    power of two, so exactly) and M2 kept in units of that scale squared:
+    float64 data beyond ~1e154 has squares beyond the float64 range."""
+    cdef double s = 0, ss = 0, d, big = 0, scale = 1, inv
+    cdef Py_ssize_t r, i, n = rows * width
     cdef Moments m
     for r in range(rows):
         for i in range(width):
-            s += x[r * stride + i]
-    m.count = rows * width
-    m.mean = s / m.count
+            big = max(big, fabs(x[r * stride + i]))   # NaN is ignored here, caught below
+    if big > 1e150 and isfinite(big):
+        scale = ldexp(1.0, ilogb(big) + 1)
+    inv = 1.0 / scale
     for r in range(rows):
         for i in range(width):
-            d = x[r * stride + i] - m.mean
+            s += x[r * stride + i] * inv / n
+    for r in range(rows):
+        for i in range(width):
+            d = x[r * stride + i] * inv - s
             ss += d * d
+    m.count = n
+    m.mean = s * scale
     m.m2 = ss
+    m.scale = scale
     return m
 
 
@@ -678,6 +693,7 @@ cdef inline int block_stats(const real* x, const real* skip, const real* skip_bi
     channel_sums(x + offset, rows, g, centre, acc_d, acc_dd)
     for ch in range(nc):
         channel[ch].count = rows
+        channel[ch].scale = 1
         channel[ch].mean = centre[ch] + <double>acc_d[ch] / rows
         channel[ch].m2 = max(<double>acc_dd[ch] - <double>acc_d[ch] * (<double>acc_d[ch] / rows), 0.0)
     for k in range(g.groups):
