@@ -49,7 +49,12 @@ def resolve_threads(num_threads, elements):
     """Threads for one call: the per-call value, else the default, capped so
     each thread has MIN_ELEMENTS_PER_THREAD elements (results do not depend
     on the count)."""
-    threads = get_num_threads() if num_threads is None else _count(num_threads, "num_threads")
+    if num_threads is not None:
+        threads = _count(num_threads, "num_threads")
+    elif elements < 2 * MIN_ELEMENTS_PER_THREAD:
+        return 1  # without asking OpenMP: this is the tiny-input fast path
+    else:
+        threads = get_num_threads()
     return max(1, min(threads, elements // MIN_ELEMENTS_PER_THREAD))
 
 
@@ -82,4 +87,4 @@ def show_config():
     from . import cuda
 
     for key, value in {**config(), **cuda.config()}.items():
-        print(f"{key:>22}: {value}")
+        print(f"{key:>24}: {value}")

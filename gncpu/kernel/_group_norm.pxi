@@ -113,7 +113,7 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     cdef real acc_dd[LANES]
     cdef real centre, d
     cdef Py_ssize_t i, j, body = n - n % LANES
-    cdef double s1, s2
+    cdef double s1, s2, inv_n
     cdef Moments m
     centre = <real>(mean_of_8(x[0], x[n // 8], x[(2 * n) // 8], x[(3 * n) // 8],
                               x[(4 * n) // 8], x[(5 * n) // 8], x[(6 * n) // 8],
@@ -132,10 +132,11 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
         acc_dd[j] += d * d
     s1 = sum_lanes(acc_d)
     s2 = sum_lanes(acc_dd)
+    inv_n = 1.0 / n
     m.count = n
     m.scale = 1
-    m.mean = centre + s1 / n
-    m.m2 = max(s2 - s1 * (s1 / n), 0.0)  # s1 is small (centred): little cancellation
+    m.mean = centre + s1 * inv_n
+    m.m2 = max(s2 - s1 * (s1 * inv_n), 0.0)  # s1 is small (centred): little cancellation
     return m
 
 
@@ -228,7 +229,7 @@ cdef inline bint needs_exact_moments(const real* x, Moments m, double eps) noexc
     if not (isfinite(m.mean) and isfinite(m.m2)):
         return True
     if real is float:
-        return m.m2 / m.count + eps < 1e-30
+        return m.m2 < (1e-30 - eps) * m.count   # m2 / count + eps < 1e-30, without a division
     else:
         return False
 
