@@ -113,7 +113,13 @@ def _channels(x, channels_last):
 @register("GroupNorm", since=1, domain="com.microsoft")
 def contrib_group_norm(x, gamma, beta, *, groups=None, activation=None, channels_last=1,
                        epsilon=1e-5):
-    op = "com.microsoft.GroupNorm"
+    x, num_groups, gamma, beta, act = _contrib_arguments("com.microsoft.GroupNorm", x, gamma, beta,
+                                                         groups, activation, channels_last)
+    return _run(x, num_groups, gamma, beta, epsilon, activation=act, channels_last=channels_last)
+
+
+def _contrib_arguments(op, x, gamma, beta, groups, activation, channels_last):
+    """The checks GroupNorm and SkipGroupNorm share: (x, num_groups, gamma, beta, activation)."""
     x = _check_input(op, x)
     if activation is None:
         raise ValueError(f"{op}: the required attribute activation is missing")
@@ -122,7 +128,7 @@ def contrib_group_norm(x, gamma, beta, *, groups=None, activation=None, channels
     num_groups = _check_groups(op, groups, channels, x.shape)
     gamma = _per_channel(op, "gamma", gamma, channels)
     beta = _per_channel(op, "beta", beta, channels)
-    return _run(x, num_groups, gamma, beta, epsilon, activation=act, channels_last=channels_last)
+    return x, num_groups, gamma, beta, act
 
 
 def _broadcast_skip(op, skip, x, channels_last):
@@ -141,15 +147,9 @@ def _broadcast_skip(op, skip, x, channels_last):
 def contrib_skip_group_norm(x, gamma, beta, skip, bias=None, *, groups=None, activation=None,
                             channels_last=1, epsilon=1e-5, _num_outputs=1):
     op = "com.microsoft.SkipGroupNorm"
-    x = _check_input(op, x)
-    if activation is None:
-        raise ValueError(f"{op}: the required attribute activation is missing")
-    act = _contrib_activation(op, activation)
-    channels = _channels(x, channels_last)
-    num_groups = _check_groups(op, groups, channels, x.shape)
-    gamma = _per_channel(op, "gamma", gamma, channels)
-    beta = _per_channel(op, "beta", beta, channels)
-    bias = _per_channel(op, "bias", bias, channels)
+    x, num_groups, gamma, beta, act = _contrib_arguments(op, x, gamma, beta, groups, activation,
+                                                         channels_last)
+    bias = _per_channel(op, "bias", bias, _channels(x, channels_last))
     if skip is None:
         raise ValueError(f"{op}: input skip is required")
     skip = _broadcast_skip(op, skip, x, channels_last)
