@@ -6,7 +6,13 @@ GNCPU_KERNEL=baseline|avx2|avx512 to force one (tests run every variant).
 import importlib
 import os
 
-from . import _baseline
+try:
+    from . import _baseline
+except ImportError as exc:  # the source tree without its compiled kernels
+    raise ImportError(
+        f"gncpu's compiled kernels are missing from {__path__[0]}: this looks like the "
+        "source tree, not an installed gncpu. Run from another directory (or use the "
+        "`gncpu` command), or build in place: python setup.py build_ext --inplace") from exc
 
 LEVELS = ("baseline", "avx2", "avx512")
 
