@@ -133,7 +133,7 @@ def import_optional(module, extra="bench"):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise Skipped(f"{module} is not installed (pip install 'gncpu[{extra}]')") from None
+        raise Skipped(f"{module} is not installed (in gncpu's '{extra}' extra)") from None
     except Exception as exc:  # e.g. a wheel whose shared libraries fail to load
         raise Skipped(f"{module} failed to import: {type(exc).__name__}: {exc}") from None
 

@@ -130,7 +130,7 @@ def plot_ratios(path, title, panels):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'gncpu[plot]'") from None
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
     fig, axes = plt.subplots(len(panels), 1, figsize=(13, 4.2 * len(panels)), squeeze=False)
     for ax, (panel_title, cases, series) in zip(axes[:, 0], panels):
         width = 0.8 / max(1, len(series))

@@ -22,8 +22,8 @@ def _import_cupy():
     try:
         import cupy
     except ImportError as exc:
-        raise ImportError("the CUDA path needs CuPy: pip install 'gncpu[cuda12]' (CUDA 12) "
-                          "or 'gncpu[cuda13]' (CUDA 13)") from exc
+        raise ImportError("the CUDA path needs CuPy: pip install cupy-cuda12x (CUDA 12) "
+                          "or cupy-cuda13x (CUDA 13)") from exc
     return cupy
 
 

@@ -5,14 +5,14 @@
     (y,) = session.run(None, {"sample": x})
     print(session.summary())
 
-Requires the `onnx` package: pip install "gncpu[onnx]".
+Requires the `onnx` package (gncpu's `onnx` extra: onnx, threadpoolctl, scipy).
 """
 try:
     import onnx as _onnx  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without onnx installed
     raise ImportError(
         'gncpu.onnx needs the "onnx" package, which is not installed; '
-        'install it with: pip install "gncpu[onnx]"') from exc
+        'install it with: pip install onnx threadpoolctl scipy (the onnx extra)') from exc
 
 from .errors import InvalidModelError, NodeExecutionError  # noqa: E402
 from .session import FallbackWarning, InferenceSession, NodeArg  # noqa: E402
