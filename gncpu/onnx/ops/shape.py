@@ -183,18 +183,20 @@ def slice_(x, starts, ends, axes=None, steps=None):
 @register("Gather", 13)
 def gather(x, indices, *, axis=0):
     axis = _axis(axis, x.ndim)
-    idx = np.asarray(indices, dtype=np.int64)
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
-    return np.take(x, idx, axis=axis)
+    return np.take(x, _wrapped_indices(indices, x.shape[axis]), axis=axis)
 
 
 @register("GatherElements", 11)
 @register("GatherElements", 13)
 def gather_elements(x, indices, *, axis=0):
     axis = _axis(axis, x.ndim)
+    return np.take_along_axis(x, _wrapped_indices(indices, x.shape[axis]), axis=axis)
+
+
+def _wrapped_indices(indices, size):
+    """ONNX indices may count back from the end (-1 = last)."""
     idx = np.asarray(indices, dtype=np.int64)
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
-    return np.take_along_axis(x, idx, axis=axis)
+    return np.where(idx < 0, idx + size, idx)
 
 
 @register("Expand", 8)
