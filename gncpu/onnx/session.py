@@ -11,6 +11,7 @@ that single node (listed once in a warning).
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from collections import Counter, OrderedDict
@@ -297,7 +298,7 @@ class InferenceSession:
             # Ops split big products over our own threads with BLAS held to one thread each
             # (see ops/parallel.py); without threadpoolctl BLAS does its own threading.
             op_threads = self._num_threads if self._num_threads is not None else _default_threads()
-            limit = self._threadpools.limit(limits=1, user_api="blas")
+            limit = _SingleThreadedBlas(self._threadpools)
         else:
             op_threads, limit = 1, _NoLimit()
         with context.using_threads(self._num_threads, op_threads), limit:
@@ -411,6 +412,39 @@ def _threadpool_controller():
 def _default_threads():
     from .._config import get_num_threads
     return get_num_threads()
+
+
+class _SingleThreadedBlas:
+    """Hold BLAS to one thread while any session run is under way in this process.
+
+    threadpoolctl's limit is process-wide: with one limit per run, the first of
+    two concurrent runs to finish would restore multi-threaded BLAS under the
+    other, whose products would then be partitioned by OpenBLAS (differently
+    from run to run) and change in the last bits. A count of active runs makes
+    the first run in set the limit and the last run out lift it."""
+    _lock = threading.Lock()
+    _active = 0
+    _limiter = None
+
+    def __init__(self, controller):
+        self._controller = controller
+
+    def __enter__(self):
+        cls = type(self)
+        with cls._lock:
+            if cls._active == 0:
+                cls._limiter = self._controller.limit(limits=1, user_api="blas")
+            cls._active += 1
+        return self
+
+    def __exit__(self, *exc):
+        cls = type(self)
+        with cls._lock:
+            cls._active -= 1
+            if cls._active == 0:
+                cls._limiter.restore_original_limits()
+                cls._limiter = None
+        return False
 
 
 class _NoLimit:

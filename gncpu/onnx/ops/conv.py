@@ -19,7 +19,7 @@ import numpy as np
 
 from ..registry import register
 from .derived import as_dtype
-from .parallel import chunks, run_tasks, split_count
+from .parallel import run_tasks, split_count
 from .winograd import conv3x3_winograd, winograd_applies
 
 _workspace = threading.local()
@@ -114,10 +114,14 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     return y.astype(x.dtype, copy=False)
 
 
-# Column blocks per thread. More would balance better when the OS deschedules a
-# thread, but each block is ~10 NumPy calls whose GIL hand-offs between threads
-# cost more than the imbalance they would save.
-_BLOCKS_PER_THREAD = 1
+# Work is cut into blocks whose bounds depend only on the problem's shape, never on
+# the thread count, so every output element comes from the same BLAS call (same
+# operand shapes, same kernel, same summation order) whether 1 or 8 threads run
+# the blocks: results are bit-identical for every thread count and under
+# concurrent runs. Blocks hold about this many multiply-adds (~0.2-0.4 ms on one
+# core): enough to amortize the ~10 NumPy calls a block costs, small enough that
+# 2-8 threads get several blocks each.
+_MACS_PER_BLOCK = 1 << 23
 _MIN_BLOCK_COLUMNS = 256
 # Below ~2M multiply-adds per thread (~0.1 ms) handing work to a thread costs more than it saves.
 _MIN_MACS_PER_THREAD = 1 << 21
@@ -128,15 +132,22 @@ _MIN_MACS_PER_THREAD = 1 << 21
 _MAX_BLOCK_BYTES = 32 << 20
 
 
+def fixed_blocks(total, macs_per_unit, align, min_units, max_units=None):
+    """[(start, stop), ...] over range(total): about _MACS_PER_BLOCK multiply-adds
+    per block, between `min_units` and `max_units` units, `align`-aligned.
+    Depends on the shape alone (see above)."""
+    units = max(min_units, _MACS_PER_BLOCK // max(int(macs_per_unit), 1))
+    if max_units is not None:
+        units = min(units, max_units)
+    units = max(align, -(-units // align) * align)
+    return [(start, min(start + units, total)) for start in range(0, total, units)]
+
+
 def _column_blocks(columns, rows_times_depth, depth, itemsize):
     """Column ranges for the products and the thread count to run them on."""
     threads = split_count(columns * rows_times_depth, _MIN_MACS_PER_THREAD)
-    by_memory = -(-(depth * columns * itemsize) // _MAX_BLOCK_BYTES)
-    if threads <= 1:
-        parts = by_memory
-    else:
-        parts = max(by_memory, min(threads * _BLOCKS_PER_THREAD, max(columns // _MIN_BLOCK_COLUMNS, 1)))
-    return chunks(columns, parts, align=16), threads
+    by_memory = _MAX_BLOCK_BYTES // max(depth * itemsize, 1) // 16 * 16
+    return fixed_blocks(columns, rows_times_depth, 16, _MIN_BLOCK_COLUMNS, by_memory), threads
 
 
 def _phase_planes(xp, strides):
@@ -261,18 +272,17 @@ def parallel_matmul(a, b):
     batch_a, batch_b = a.shape[:-2], b.shape[:-2]
     total = int(np.prod(batch_a, dtype=np.int64)) * rows * depth * b.shape[-1]
     threads = split_count(total, _MIN_MACS_PER_THREAD)
-    if threads <= 1:
-        return np.matmul(a, b)
     if b.ndim == 2:
         flat_a = a.reshape(-1, depth)
         out = np.empty((flat_a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
         # Each block's product packs its own panels: split the larger side so that the
-        # shared operand (packed once per block) is the smaller one.
+        # shared operand (packed once per block) is the smaller one. Bounds are fixed by
+        # the shapes alone (see _MACS_PER_BLOCK).
         if flat_a.shape[0] >= b.shape[1]:
-            blocks = chunks(flat_a.shape[0], threads, align=8)
+            blocks = fixed_blocks(flat_a.shape[0], depth * b.shape[1], 8, 64)
             tasks = [lambda r0=r0, r1=r1: np.matmul(flat_a[r0:r1], b, out=out[r0:r1]) for r0, r1 in blocks]
         else:
-            blocks = chunks(b.shape[1], threads, align=16)
+            blocks = fixed_blocks(b.shape[1], depth * flat_a.shape[0], 16, 256)
             tasks = [lambda c0=c0, c1=c1: np.matmul(flat_a, b[:, c0:c1], out=out[:, c0:c1]) for c0, c1 in blocks]
         run_tasks(tasks, threads)
         return out.reshape(a.shape[:-1] + (b.shape[1],))
@@ -280,13 +290,11 @@ def parallel_matmul(a, b):
     a_full = np.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
     b_full = np.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
     out = np.empty((a_full.shape[0], rows, b.shape[-1]), dtype=np.result_type(a, b))
-    if a_full.shape[0] >= threads:
-        blocks = chunks(a_full.shape[0], threads * _BLOCKS_PER_THREAD)
-        tasks = [lambda i0=i0, i1=i1: np.matmul(a_full[i0:i1], b_full[i0:i1], out=out[i0:i1]) for i0, i1 in blocks]
-    else:
-        blocks = chunks(rows, threads * _BLOCKS_PER_THREAD, align=8)
-        tasks = [lambda i=i, r0=r0, r1=r1: np.matmul(a_full[i, r0:r1], b_full[i], out=out[i, r0:r1])
-                 for i in range(a_full.shape[0]) for r0, r1 in blocks]
+    # One product per batch item, each whole: a batched matmul's items never share a
+    # reduction, so how items are grouped into tasks cannot change any result.
+    per_item = rows * depth * b.shape[-1]
+    items = fixed_blocks(a_full.shape[0], per_item, 1, 1)
+    tasks = [lambda i0=i0, i1=i1: np.matmul(a_full[i0:i1], b_full[i0:i1], out=out[i0:i1]) for i0, i1 in items]
     run_tasks(tasks, threads)
     return out.reshape(batch + (rows, b.shape[-1]))
 

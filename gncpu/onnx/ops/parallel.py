@@ -62,11 +62,3 @@ def run_tasks(tasks, threads):
         future.result()
     if errors:
         raise errors[0]
-
-
-def chunks(total, parts, align=1):
-    """[(start, stop), ...] splitting range(total) into about `parts` pieces."""
-    parts = max(1, min(parts, total))
-    size = -(-total // parts)
-    size = -(-size // align) * align
-    return [(start, min(start + size, total)) for start in range(0, total, size)]
