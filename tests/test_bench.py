@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from gncpu import bench, reference
-from gncpu._bench_contenders import (CONTENDERS, Case, Contender, Skipped, as_numpy, make_workload,
-                                      numpy_group_norm)
-from gncpu._bench_report import fmt_ratio, geomean
-from gncpu._bench_timing import Failure, ForeignLoad, Stats, measure, quiesce, slot_count
+from gncpu.bench.contenders import (CONTENDERS, Case, Contender, Skipped, as_numpy, make_workload,
+                                    numpy_group_norm)
+from gncpu.bench.report import fmt_ratio, geomean
+from gncpu.bench.timing import Failure, ForeignLoad, Stats, measure, quiesce, slot_count
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FAST = bench.Settings(warmup_rounds=1, min_rounds=3, budget=0.0, sample_time=0.0, quiet_limit=0.0,

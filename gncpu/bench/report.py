@@ -53,7 +53,7 @@ def load_average():
 def environment(peers=("numpy", "torch", "onnxruntime", "openvino", "onnx")):
     """What ran where: versions, gncpu's build, thread pools (call after the
     peers are imported so their pools show), variables and machine load."""
-    from ._config import config
+    from .._config import config
 
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -17,23 +17,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._bench_contenders import (CONTENDERS, Case, Contender, Skipped, Workload, as_numpy, import_optional,
-                                make_workload, set_torch_threads, touched_empty)
-from ._bench_report import (Lookup, accuracy_table, contender_lines, environment, floor_table, fmt_ratio,
-                            geomean, has_accuracy, load_average, not_run_lines, plot_ratios, ratio_table,
-                            report_header, scaling_table, times_table, write_json)
-from ._bench_timing import Failure, ForeignLoad, measure, slot_count
-
-__all__ = [
-    # the command
-    "add_bench_command", "main", "run_command", "add_common_options",
-    # the engine, for other suites (bench/bench_epilogues.py)
-    "run_suite", "Settings", "Case", "Workload", "Contender", "Skipped", "CONTENDERS", "import_optional",
-    "set_torch_threads", "touched_empty", "parse_cases", "DEFAULT_SHAPES", "QUICK_SHAPES",
-    # reports
-    "group_norm_report", "floor_plot", "Lookup", "times_table", "ratio_table", "accuracy_table",
-    "has_accuracy", "not_run_lines", "contender_lines", "report_header",
-]
+from .contenders import (CONTENDERS, Case, Contender, Skipped, Workload, as_numpy, import_optional,
+                         make_workload, set_torch_threads, touched_empty)
+from .report import (Lookup, accuracy_table, contender_lines, environment, floor_table, fmt_ratio,
+                     geomean, has_accuracy, load_average, not_run_lines, plot_ratios, ratio_table,
+                     report_header, scaling_table, times_table, write_json)
+from .timing import Failure, ForeignLoad, measure, slot_count
 
 # Stable Diffusion UNet GroupNorms whose input fits the last-level cache: the
 # floor-ratio target is a geometric mean over exactly these.
@@ -58,7 +47,7 @@ ONE_GROUP_SHAPE = "1x32x64x64/1"
 
 @dataclass
 class Settings:
-    """How hard to measure (see _bench_timing.measure) and what to feed."""
+    """How hard to measure (see timing.measure) and what to feed."""
     warmup_rounds: int = 3
     min_rounds: int = 15
     max_rounds: int = 10_000
@@ -97,7 +86,7 @@ def _max_error(result, expected):
 
 
 def _oracle(work, computes):
-    from . import reference
+    from .. import reference
 
     kwargs = {"activation": "silu"} if computes == "group_norm+silu" else {}
     if computes not in ("group_norm", "group_norm+silu"):

@@ -150,8 +150,8 @@ def as_numpy(result):
 # --- the floor and gncpu ------------------------------------------------------
 
 def _prepare_floor(work, threads):
-    from ._config import resolve_threads
-    from .kernel import kernels
+    from .._config import resolve_threads
+    from ..kernel import kernels
 
     inputs, output = work.inputs, work.output
     copy = kernels.parallel_copy
@@ -165,7 +165,7 @@ def _prepare_floor(work, threads):
 
 
 def _prepare_gncpu(work, threads):
-    from .functional import group_norm
+    from ..functional import group_norm
 
     inputs, output = work.inputs, work.output
     groups, weight, bias, eps = work.case.groups, work.weight, work.bias, work.eps
@@ -176,7 +176,7 @@ def _prepare_gncpu(work, threads):
 
 
 def _prepare_gncpu_allocating(work, threads):
-    from .functional import group_norm
+    from ..functional import group_norm
 
     inputs = work.inputs
     groups, weight, bias, eps = work.case.groups, work.weight, work.bias, work.eps
