@@ -1,6 +1,7 @@
 """Build the gncpu kernel extension.
 
-One Cython source (gncpu/kernel/_group_norm.pxi) is compiled into several
+One Cython source (gncpu/kernel/_group_norm.pxi, which includes the kernel's
+phases: _common, _statistics, _apply, _nchw, _nhwc .pxi) is compiled into several
 extension modules, one per instruction-set level; gncpu.kernel picks the best
 one the running CPU supports at import. So a wheel built here runs everywhere
 and still uses AVX-512 where it exists (no -march=native needed).

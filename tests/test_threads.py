@@ -22,7 +22,7 @@ needs_openmp = pytest.mark.skipif(not _config.config()["openmp"], reason="gncpu 
 
 
 def kernel_plan(pairs, threads):
-    """The plan gncpu/kernel/_group_norm.pxi (run_nchw) picks: whole
+    """The plan gncpu/kernel/_nchw.pxi (run_nchw) picks: whole
     (sample, group) pairs per thread when they balance, else groups split into
     4096-element chunks. Used to label and check coverage of the cases below."""
     if pairs >= threads and (pairs % threads == 0 or pairs >= 8 * threads):

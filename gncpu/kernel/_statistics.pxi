@@ -1,0 +1,162 @@
+# Statistics: the moments (count, mean, M2) of a block of elements, their
+# merges, and the exact float64 fallback. Both layout plans (_nchw.pxi,
+# _nhwc.pxi) reduce through these, so the accuracy argument lives in one
+# place.
+#
+# Moments are computed per fixed block of elements in the working precision,
+# about a centre taken from the block itself, then merged in float64 block by
+# block in a fixed order (Chan et al.). Block boundaries and merge order do
+# not depend on the thread count, so results are bit-identical for any number
+# of threads.
+
+cdef inline double sum_lanes(const real* acc) noexcept nogil:
+    # Pairwise tree over the lanes, fixed order.
+    cdef double part[LANES]
+    cdef Py_ssize_t j, width = LANES
+    for j in range(LANES):
+        part[j] = acc[j]
+    while width > 1:
+        width //= 2
+        for j in range(width):
+            part[j] = part[j] + part[j + width]
+    return part[0]
+
+
+cdef inline double mean_of_8(double a, double b, double c, double d, double e, double f,
+                            double g, double h) noexcept nogil:
+    """A pairwise sum: exact when the 8 values are equal, so a constant group
+    gets its value back as the centre, zero deviations, and exactly bias."""
+    return (((a + b) + (c + d)) + ((e + f) + (g + h))) * 0.125
+
+
+cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
+    """Moments of x[0:n] (n <= CHUNK) in one pass of shifted sums.
+
+    The centre is the mean of 8 samples spread over the chunk: close enough
+    to the chunk mean that s2 - s1**2/n loses little, and x - centre is exact
+    for data with a large common offset (both operands within a factor of
+    two: Sterbenz), so no digits go to the offset.
+    """
+    cdef real acc_d[LANES]
+    cdef real acc_dd[LANES]
+    cdef real centre, d
+    cdef Py_ssize_t i, j, body = n - n % LANES
+    cdef double s1, s2, inv_n
+    cdef Moments m
+    centre = <real>(mean_of_8(x[0], x[n // 8], x[(2 * n) // 8], x[(3 * n) // 8],
+                              x[(4 * n) // 8], x[(5 * n) // 8], x[(6 * n) // 8],
+                              x[(7 * n) // 8]))
+    for j in range(LANES):
+        acc_d[j] = 0
+        acc_dd[j] = 0
+    for i in range(body // LANES):
+        for j in range(LANES):
+            d = x[i * LANES + j] - centre
+            acc_d[j] += d
+            acc_dd[j] += d * d
+    for j in range(n - body):
+        d = x[body + j] - centre
+        acc_d[j] += d
+        acc_dd[j] += d * d
+    s1 = sum_lanes(acc_d)
+    s2 = sum_lanes(acc_dd)
+    inv_n = 1.0 / n
+    m.count = n
+    m.scale = 1
+    m.mean = centre + s1 * inv_n
+    m.m2 = max(s2 - s1 * (s1 * inv_n), 0.0)  # s1 is small (centred): little cancellation
+    return m
+
+
+cdef inline void merge_moments(Moments* into, Moments b) noexcept nogil:
+    """Chan's parallel merge of b into *into (float64)."""
+    cdef double n, delta
+    if into.count == 0:
+        into[0] = b
+        return
+    n = into.count + b.count
+    delta = b.mean - into.mean
+    into.m2 = into.m2 + b.m2 + delta * delta * (into.count * b.count / n)
+    into.mean = into.mean + delta * (b.count / n)
+    into.count = n
+
+
+cdef inline void reset_moments(Moments* m) noexcept nogil:
+    m.count = 0
+    m.mean = 0
+    m.m2 = 0
+    m.scale = 1
+
+
+cdef inline Moments combine_equal(const Moments* parts, Py_ssize_t k, Py_ssize_t stride) noexcept nogil:
+    """Moments of k parts of equal count, parts[0], parts[stride], ...: the
+    mean of the means, and M2 = sum of M2 + count * sum of the squared
+    deviations of the means. Unlike k - 1 Chan merges it has no division in
+    the loop (a sequential merge costs ~50 cycles of dependent divisions)."""
+    cdef Py_ssize_t i
+    cdef double base = parts[0].mean, shift_sum = 0, m2 = 0, spread = 0, mean, d
+    cdef Moments m
+    for i in range(k):  # shifted by the first mean: equal means give it back exactly
+        shift_sum += parts[i * stride].mean - base
+        m2 += parts[i * stride].m2
+    mean = base + shift_sum / k
+    for i in range(k):
+        d = parts[i * stride].mean - mean
+        spread += d * d
+    m.count = parts[0].count * k
+    m.scale = 1
+    m.mean = mean
+    m.m2 = m2 + parts[0].count * spread
+    return m
+
+
+cdef inline double inv_std(Moments m, double eps) noexcept nogil:
+    if m.scale == 1:
+        return 1.0 / sqrt(m.m2 / m.count + eps)
+    return 1.0 / (m.scale * sqrt(m.m2 / m.count + eps / (m.scale * m.scale)))
+
+
+cdef inline Moments exact_moments(const real* x, Py_ssize_t rows, Py_ssize_t width,
+                                  Py_ssize_t stride) noexcept nogil:
+    """Two-pass float64 moments of `rows` runs of `width` elements, `stride`
+    apart: the fallback when the fast sums cannot be trusted (see
+    needs_exact_moments). The data is divided by its largest magnitude (a
+    power of two, so exactly) and M2 kept in units of that scale squared:
+    float64 data beyond ~1e154 has squares beyond the float64 range."""
+    cdef double s = 0, ss = 0, d, big = 0, scale = 1, inv
+    cdef Py_ssize_t r, i, n = rows * width
+    cdef Moments m
+    for r in range(rows):
+        for i in range(width):
+            big = max(big, fabs(x[r * stride + i]))   # NaN is ignored here, caught below
+    if big > 1e150 and isfinite(big):
+        scale = ldexp(1.0, ilogb(big) + 1)
+    inv = 1.0 / scale
+    for r in range(rows):
+        for i in range(width):
+            s += x[r * stride + i] * inv / n
+    for r in range(rows):
+        for i in range(width):
+            d = x[r * stride + i] * inv - s
+            ss += d * d
+    m.count = n
+    m.mean = s * scale
+    m.m2 = ss
+    m.scale = scale
+    return m
+
+
+cdef inline bint needs_exact_moments(const real* x, Moments m, double eps) noexcept nogil:
+    """True when the working-precision sums may be wrong: they overflowed
+    (|x - centre| beyond ~1e19 in float32, or values near the float32
+    maximum whose differences overflow), or the data has NaN/Inf (the float64
+    pass then reproduces NaN); or, in float32, the variance is so small that
+    squared deviations may have underflowed (|x - mean| below ~1e-19) and eps
+    does not dominate it. Never true for ordinary data: it costs one more
+    pass over the group."""
+    if not (isfinite(m.mean) and isfinite(m.m2)):
+        return True
+    if real is float:
+        return m.m2 < (1e-30 - eps) * m.count   # m2 / count + eps < 1e-30, without a division
+    else:
+        return False
