@@ -447,6 +447,21 @@ class _SingleThreadedBlas:
         return False
 
 
+    @classmethod
+    def _reset_in_forked_child(cls):
+        """A fork taken while another thread was inside a run copies its count
+        (and maybe the held lock) into a child where that run does not exist:
+        start from no runs, with BLAS's limit lifted as the last run out would."""
+        cls._lock = threading.Lock()
+        if cls._active:
+            cls._limiter.restore_original_limits()
+        cls._active, cls._limiter = 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_SingleThreadedBlas._reset_in_forked_child)
+
+
 class _NoLimit:
     def __enter__(self):
         return self
