@@ -1,7 +1,6 @@
 """show_config(), `python -m gncpu info | demo`, GNCPU_KERNEL, and what
 importing gncpu does (nothing visible). Subprocesses run from the repo root,
 as the README shows."""
-import os
 import re
 import subprocess
 import sys
@@ -9,16 +8,13 @@ import sys
 import pytest
 
 import gncpu
-from conftest import F32_TOL, REPO_ROOT, VARIANTS, python_command, subprocess_env
+from conftest import EXPECTED_VARIANT, F32_TOL, REPO_ROOT, VARIANTS, python_command, subprocess_env
 
 CONFIG_FIELDS = ["version", "python", "platform", "compiler", "openmp", "threads", "omp_max_threads",
                  "OMP_NUM_THREADS", "fork", "kernel_variant", "cpu_supports", "cflags",
                  "min_elements_per_thread", "chunk_elements"]
 # The CUDA path's fields follow; which ones depends on whether CuPy is
 # installed and sees a device.
-# The variant a plain import runs: the best this CPU has, unless GNCPU_KERNEL
-# forces one (as the suite's run on an AVX2-only variant does).
-EXPECTED_VARIANT = os.environ.get("GNCPU_KERNEL") or VARIANTS[-1][0]
 CUDA_FIELDS = ["cuda_block_threads", "cuda_chunk_elements", "cuda_compile_options", "cupy"]
 
 
