@@ -45,3 +45,13 @@ def feeds_for(session, seed=1):
     rng = np.random.default_rng(seed)
     return {arg.name: rng.standard_normal(arg.shape).astype(np.float32) for arg in session.get_inputs()}
 
+
+
+# Module-level, so that a spawn-context pool's workers find them by name: the
+# pickled object arrives as an argument and is rebuilt in the worker.
+def run_session(session, feeds):
+    return session.run(None, feeds)[0]
+
+
+def call_module(module, x):
+    return module(x)

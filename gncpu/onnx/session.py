@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from . import context, fusion, ops
 from .errors import InvalidModelError
 from .graph import Graph, ValueInfo, graph_from_model, normalize_domain
+from .pickling import ModelSource, rebuild_session
 from .plan import GROUP_NORM_FAMILY, Plan, fold_constants, prune_initializers, remove_dead_nodes, topological_order
 
 class FallbackWarning(UserWarning):
@@ -113,6 +114,9 @@ class InferenceSession:
 
     def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True,
                  allow_fallback: bool = True, providers: Optional[Sequence] = None):
+        # Every argument but the model, as given (this must stay the first statement): pickling
+        # rebuilds the session from the model's bytes and these, so a new option needs nothing more.
+        self._options = {name: value for name, value in locals().items() if name not in ("self", "model")}
         if providers is not None:
             names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
             if "CPUExecutionProvider" not in names:
@@ -124,6 +128,7 @@ class InferenceSession:
         self._num_threads = num_threads
         start = time.perf_counter()
         proto = load_model_proto(model)
+        self._model_source = ModelSource(model)
         try:
             graph = graph_from_model(proto)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -287,6 +292,10 @@ class InferenceSession:
         s = self.stats()
         return (f"<gncpu.onnx.InferenceSession: {s['nodes_run']} nodes, {s['group_norm_native']} native GroupNorm, "
                 f"{s['fallback_nodes']} fallback>")
+
+    def __reduce__(self):
+        """Pickle as the model's bytes and the constructor's options (see pickling.py)."""
+        return rebuild_session, (self._model_source.model_bytes(), dict(self._options))
 
     # ------------------------------------------------------------------ internals
     def _run(self, output_names, input_feed, on_step):
