@@ -55,3 +55,23 @@ def run_session(session, feeds):
 
 def call_module(module, x):
     return module(x)
+
+
+class SessionPredictor:
+    """A Ray Data actor as docs/scaling.md describes it: one session, built in
+    __init__ (so it is built where it runs), num_threads matched to its CPUs.
+    Also reports what the actor's process saw of its thread settings."""
+
+    def __init__(self, model_path, num_threads):
+        import gncpu
+        from gncpu.onnx import InferenceSession
+
+        self.session = InferenceSession(model_path, num_threads=num_threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.seen = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} gncpu={gncpu.get_num_threads()}"
+
+    def __call__(self, batch):
+        # The model's batch dimension is fixed at 1: one run per row.
+        outputs = [self.session.run(None, {self.input_name: row[None]})[0][0] for row in batch["x"]]
+        return {"index": batch["index"], "y": np.stack(outputs),
+                "seen": np.array([self.seen] * len(outputs))}
