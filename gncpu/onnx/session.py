@@ -442,7 +442,9 @@ class _SingleThreadedBlas:
         cls = type(self)
         with cls._lock:
             if cls._active == 0:
+                _release_blas_control(self._controller)
                 cls._limiter = self._controller.limit(limits=1, user_api="blas")
+                _release_blas_control(self._controller)
             cls._active += 1
         return self
 
@@ -451,10 +453,9 @@ class _SingleThreadedBlas:
         with cls._lock:
             cls._active -= 1
             if cls._active == 0:
-                cls._limiter.restore_original_limits()
+                _lift(cls._limiter, self._controller)
                 cls._limiter = None
         return False
-
 
     @classmethod
     def _reset_in_forked_child(cls):
@@ -463,8 +464,28 @@ class _SingleThreadedBlas:
         start from no runs, with BLAS's limit lifted as the last run out would."""
         cls._lock = threading.Lock()
         if cls._active:
-            cls._limiter.restore_original_limits()
+            _lift(cls._limiter, _controller)
         cls._active, cls._limiter = 0, None
+
+
+def _release_blas_control(controller):
+    """threadpoolctl (3.8+) lets only the Python thread that first set
+    OpenBLAS's (process-wide) thread count set it again while that thread
+    lives: a limit set from any other thread is silently ignored, and BLAS then
+    splits products over its threads (changing their last bits). Runs start
+    and finish in whichever thread calls run(), and _SingleThreadedBlas already
+    arbitrates between them: release that control around each change, so the
+    change takes effect from any thread and leaves no thread holding it."""
+    for library in controller.lib_controllers:
+        release = getattr(library, "clear_controlling_thread", None)
+        if release is not None:
+            release(force=True)
+
+
+def _lift(limiter, controller):
+    _release_blas_control(controller)
+    limiter.restore_original_limits()
+    _release_blas_control(controller)
 
 
 if hasattr(os, "register_at_fork"):
