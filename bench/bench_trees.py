@@ -9,7 +9,8 @@ gncpus) holding one session per thread count; the driver asks the workers for
 one timed run at a time, alternating trees, so machine noise hits both alike.
 The model is bench_onnx.py's SD-VAE-decoder block (two ResnetBlocks and
 norm_out -> SiLU at 64x64, legacy exporter), built with torch, unless --model
-names a file. Prints medians, minima and the ratio second/first per thread count.
+names a file. Prints wall-time medians and minima, CPU-time medians (steadier
+on a shared machine), and the ratios second/first per thread count.
 """
 import argparse
 import os
@@ -20,7 +21,8 @@ import tempfile
 
 
 def worker(model, thread_counts):
-    """Serve timed runs: read a thread count per line, answer with the seconds one run took."""
+    """Serve timed runs: read a thread count per line, answer with the wall and the
+    CPU seconds (all threads of the process) one run took."""
     import time
     import warnings
 
@@ -36,9 +38,9 @@ def worker(model, thread_counts):
         session.run(None, feed)  # warm: derived weights, thread pools
     print(os.path.dirname(os.path.dirname(os.path.abspath(gncpu.__file__))), flush=True)
     for line in sys.stdin:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         sessions[int(line)].run(None, feed)
-        print(time.perf_counter() - start, flush=True)
+        print(time.perf_counter() - start, time.process_time() - start_cpu, flush=True)
 
 
 def start_worker(tree, model, thread_counts):
@@ -55,7 +57,8 @@ def start_worker(tree, model, thread_counts):
 def timed_run(process, threads):
     process.stdin.write(f"{threads}\n")
     process.stdin.flush()
-    return float(process.stdout.readline())
+    wall, cpu = process.stdout.readline().split()
+    return float(wall), float(cpu)
 
 
 def block_model(path, channels, groups, size):
@@ -94,13 +97,16 @@ def main():
     print(f"model: {args.model or f'VAE decoder block, 1x{args.channels}x{args.size}x{args.size}/{args.groups}'}; "
           f"{args.repeats} interleaved runs per tree and thread count; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
-    print(f"{'threads':>7}  {'median first':>12}  {'median second':>13}  {'min first':>9}  {'min second':>10}  "
-          f"{'second/first (median)':>21}  {'(min)':>6}")
+    print("ms per run: wall median / min, and CPU time (all threads) median; ratios second/first")
+    print(f"{'threads':>7}  {'first wall':>17}  {'second wall':>17}  {'first cpu':>9}  {'second cpu':>10}  "
+          f"{'wall median':>11}  {'wall min':>8}  {'cpu median':>10}")
     for n in args.threads:
-        a, b = times[args.first, n], times[args.second, n]
-        print(f"{n:>7}  {statistics.median(a) * 1e3:9.1f} ms  {statistics.median(b) * 1e3:10.1f} ms  "
-              f"{min(a) * 1e3:6.1f} ms  {min(b) * 1e3:7.1f} ms  "
-              f"{statistics.median(b) / statistics.median(a):21.3f}  {min(b) / min(a):6.3f}")
+        (a_wall, a_cpu), (b_wall, b_cpu) = (list(zip(*times[tree, n])) for tree in trees)
+        med = statistics.median
+        print(f"{n:>7}  {med(a_wall) * 1e3:8.1f} / {min(a_wall) * 1e3:6.1f}  "
+              f"{med(b_wall) * 1e3:8.1f} / {min(b_wall) * 1e3:6.1f}  "
+              f"{med(a_cpu) * 1e3:9.1f}  {med(b_cpu) * 1e3:10.1f}  "
+              f"{med(b_wall) / med(a_wall):11.3f}  {min(b_wall) / min(a_wall):8.3f}  {med(b_cpu) / med(a_cpu):10.3f}")
 
 
 if __name__ == "__main__":
