@@ -69,9 +69,11 @@ class SessionPredictor:
         self.session = InferenceSession(model_path, num_threads=num_threads)
         self.input_name = self.session.get_inputs()[0].name
         self.seen = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} gncpu={gncpu.get_num_threads()}"
+        self.gncpu_file = gncpu.__file__
 
     def __call__(self, batch):
         # The model's batch dimension is fixed at 1: one run per row.
         outputs = [self.session.run(None, {self.input_name: row[None]})[0][0] for row in batch["x"]]
+        rows = len(outputs)
         return {"index": batch["index"], "y": np.stack(outputs),
-                "seen": np.array([self.seen] * len(outputs))}
+                "seen": np.array([self.seen] * rows), "gncpu_file": np.array([self.gncpu_file] * rows)}
