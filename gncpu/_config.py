@@ -3,6 +3,7 @@ import os
 import platform
 import sys
 
+from . import _fork
 from .kernel import LEVELS, kernels, _baseline
 
 __all__ = ["set_num_threads", "get_num_threads", "resolve_threads", "show_config", "config"]
@@ -48,14 +49,19 @@ def get_num_threads():
 def resolve_threads(num_threads, elements):
     """Threads for one call: the per-call value, else the default, capped so
     each thread has MIN_ELEMENTS_PER_THREAD elements (results do not depend
-    on the count)."""
+    on the count), and 1 in a child forked after OpenMP ran (see _fork.py)."""
     if num_threads is not None:
         threads = _count(num_threads, "num_threads")
     elif elements < 2 * MIN_ELEMENTS_PER_THREAD:
         return 1  # without asking OpenMP: this is the tiny-input fast path
     else:
         threads = get_num_threads()
-    return max(1, min(threads, elements // MIN_ELEMENTS_PER_THREAD))
+    threads = max(1, min(threads, elements // MIN_ELEMENTS_PER_THREAD))
+    if threads > 1:
+        if _fork.team_unusable():
+            return 1
+        _fork.note_team_used()
+    return threads
 
 
 def config():
@@ -73,6 +79,7 @@ def config():
         "threads": get_num_threads(),
         "omp_max_threads": kernels.max_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "fork": _fork.describe(),
         "kernel_variant": info["variant"],
         "cpu_supports": LEVELS[cpu_level] if cpu_level < len(LEVELS) else LEVELS[-1],
         "cflags": info["cflags"],

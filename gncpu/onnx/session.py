@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from . import context, fusion, ops
 from .errors import InvalidModelError
 from .graph import Graph, ValueInfo, graph_from_model, normalize_domain
+from .pickling import ModelSource, rebuild_session
 from .plan import GROUP_NORM_FAMILY, Plan, fold_constants, prune_initializers, remove_dead_nodes, topological_order
 
 class FallbackWarning(UserWarning):
@@ -113,6 +114,9 @@ class InferenceSession:
 
     def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True,
                  allow_fallback: bool = True, providers: Optional[Sequence] = None):
+        # Every argument but the model, as given (this must stay the first statement): pickling
+        # rebuilds the session from the model's bytes and these, so a new option needs nothing more.
+        self._options = {name: value for name, value in locals().items() if name not in ("self", "model")}
         if providers is not None:
             names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
             if "CPUExecutionProvider" not in names:
@@ -124,6 +128,7 @@ class InferenceSession:
         self._num_threads = num_threads
         start = time.perf_counter()
         proto = load_model_proto(model)
+        self._model_source = ModelSource(model)
         try:
             graph = graph_from_model(proto)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -288,6 +293,10 @@ class InferenceSession:
         return (f"<gncpu.onnx.InferenceSession: {s['nodes_run']} nodes, {s['group_norm_native']} native GroupNorm, "
                 f"{s['fallback_nodes']} fallback>")
 
+    def __reduce__(self):
+        """Pickle as the model's bytes and the constructor's options (see pickling.py)."""
+        return rebuild_session, (self._model_source.model_bytes(), dict(self._options))
+
     # ------------------------------------------------------------------ internals
     def _run(self, output_names, input_feed, on_step):
         names = self._check_output_names(output_names)
@@ -433,7 +442,9 @@ class _SingleThreadedBlas:
         cls = type(self)
         with cls._lock:
             if cls._active == 0:
+                _release_blas_control(self._controller)
                 cls._limiter = self._controller.limit(limits=1, user_api="blas")
+                _release_blas_control(self._controller)
             cls._active += 1
         return self
 
@@ -442,9 +453,43 @@ class _SingleThreadedBlas:
         with cls._lock:
             cls._active -= 1
             if cls._active == 0:
-                cls._limiter.restore_original_limits()
+                _lift(cls._limiter, self._controller)
                 cls._limiter = None
         return False
+
+    @classmethod
+    def _reset_in_forked_child(cls):
+        """A fork taken while another thread was inside a run copies its count
+        (and maybe the held lock) into a child where that run does not exist:
+        start from no runs, with BLAS's limit lifted as the last run out would."""
+        cls._lock = threading.Lock()
+        if cls._active:
+            _lift(cls._limiter, _controller)
+        cls._active, cls._limiter = 0, None
+
+
+def _release_blas_control(controller):
+    """threadpoolctl (3.8+) lets only the Python thread that first set
+    OpenBLAS's (process-wide) thread count set it again while that thread
+    lives: a limit set from any other thread is silently ignored, and BLAS then
+    splits products over its threads (changing their last bits). Runs start
+    and finish in whichever thread calls run(), and _SingleThreadedBlas already
+    arbitrates between them: release that control around each change, so the
+    change takes effect from any thread and leaves no thread holding it."""
+    for library in controller.lib_controllers:
+        release = getattr(library, "clear_controlling_thread", None)
+        if release is not None:
+            release(force=True)
+
+
+def _lift(limiter, controller):
+    _release_blas_control(controller)
+    limiter.restore_original_limits()
+    _release_blas_control(controller)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_SingleThreadedBlas._reset_in_forked_child)
 
 
 class _NoLimit:

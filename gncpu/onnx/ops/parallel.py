@@ -8,6 +8,7 @@ here are pulled from a shared counter, so a thread that gets descheduled
 delays only its current block, and the caller always works too.
 """
 import itertools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +28,19 @@ def _executor(workers):
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gncpu-onnx")
             _pool_size = workers
         return _pool
+
+
+def _forget_pool_in_child():
+    """A forked child inherits the executor but not its worker threads: work
+    submitted to it would wait forever. The child starts a pool of its own
+    when it first needs one (and a fresh lock: another thread may have held
+    the parent's at the fork)."""
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def split_count(work_items, minimum_per_thread=1):
