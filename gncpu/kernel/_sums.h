@@ -36,55 +36,59 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 
-/* One vector: GNCPU_LANES bytes (16 float32 lanes of AVX-512, 8 of AVX2, 4 of SSE2). */
+/* One vector: GNCPU_LANES bytes (16 float32 lanes of AVX-512, 8 of AVX2, 4 of
+ * SSE2), and the float64 vectors of as many lanes that the fold converts to. */
 typedef float gn_vec_f32 __attribute__((vector_size(GNCPU_LANES)));
+typedef double gn_vec_f32_wide __attribute__((vector_size(2 * GNCPU_LANES)));
 typedef double gn_vec_f64 __attribute__((vector_size(GNCPU_LANES)));
 
 /* One vector of x[at:at+W] into accumulator pair k (constant k: registers). */
-#define GN_SUMS_STEP(k, at)          \
-    do {                             \
-        memcpy(&v, x + (at), sizeof v); \
-        v = v - c;                   \
-        d##k += v;                   \
-        q##k += v * v;               \
+#define GN_SUMS_STEP(k, src)            \
+    do {                                \
+        memcpy(&v, (src), sizeof v);    \
+        v = v - c;                      \
+        d##k += v;                      \
+        q##k += v * v;                  \
     } while (0)
 
-#define GN_DEFINE_SHIFTED_SUMS(NAME, T, VT)                                             \
+/* The pairwise fold of the 4 W lanes, its first two levels as float64
+ * vectors: (lane j + lane j + 2W) + (lane j + W + lane j + 3W), then W lanes. */
+#define GN_FOLD_VECTORS(T, WIDE, a0, a1, a2, a3, out)                          \
+    do {                                                                        \
+        WIDE w_ = (__builtin_convertvector(a0, WIDE) + __builtin_convertvector(a2, WIDE)) \
+                + (__builtin_convertvector(a1, WIDE) + __builtin_convertvector(a3, WIDE)); \
+        double lanes_[W];                                                       \
+        memcpy(lanes_, &w_, sizeof w_);                                         \
+        GN_FOLD_LANES(double, lanes_, W, out);                                  \
+    } while (0)
+
+#define GN_DEFINE_SHIFTED_SUMS(NAME, T, VT, WIDE)                                       \
     static inline void NAME(const T* x, ptrdiff_t n, T centre, double* s1, double* s2) { \
         enum { W = sizeof(VT) / sizeof(T), L = 4 * W };                                \
         VT d0 = {0}, d1 = {0}, d2 = {0}, d3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0}; \
-        VT v, c = d0 + centre;                                                           \
-        T acc_d[L], acc_q[L];                                                            \
-        ptrdiff_t i, j;                                                                  \
+        VT v, c = d0 + centre, tail = c;                                                 \
+        ptrdiff_t i, rest;                                                               \
         for (i = 0; i + L <= n; i += L) {                                                \
-            GN_SUMS_STEP(0, i);                                                          \
-            GN_SUMS_STEP(1, i + W);                                                      \
-            GN_SUMS_STEP(2, i + 2 * W);                                                  \
-            GN_SUMS_STEP(3, i + 3 * W);                                                  \
+            GN_SUMS_STEP(0, x + i);                                                      \
+            GN_SUMS_STEP(1, x + i + W);                                                  \
+            GN_SUMS_STEP(2, x + i + 2 * W);                                              \
+            GN_SUMS_STEP(3, x + i + 3 * W);                                              \
         }                                                                                \
-        /* the tail: whole vectors into lanes 0.., then the last < W elements */         \
-        if (i + W <= n) GN_SUMS_STEP(0, i);                                              \
-        if (i + 2 * W <= n) GN_SUMS_STEP(1, i + W);                                      \
-        if (i + 3 * W <= n) GN_SUMS_STEP(2, i + 2 * W);                                  \
-        memcpy(acc_d, &d0, sizeof d0);                                                   \
-        memcpy(acc_d + W, &d1, sizeof d1);                                               \
-        memcpy(acc_d + 2 * W, &d2, sizeof d2);                                           \
-        memcpy(acc_d + 3 * W, &d3, sizeof d3);                                           \
-        memcpy(acc_q, &q0, sizeof q0);                                                   \
-        memcpy(acc_q + W, &q1, sizeof q1);                                               \
-        memcpy(acc_q + 2 * W, &q2, sizeof q2);                                           \
-        memcpy(acc_q + 3 * W, &q3, sizeof q3);                                           \
-        for (j = (n - i) / W * W; i + j < n; j++) {                                      \
-            T e = x[i + j] - centre;                                                     \
-            acc_d[j] += e;                                                               \
-            acc_q[j] += e * e;                                                           \
-        }                                                                                \
-        GN_FOLD_LANES(T, acc_d, L, s1);                                                  \
-        GN_FOLD_LANES(T, acc_q, L, s2);                                                  \
+        /* The tail: whole vectors into lanes 0.., then the last < W elements        \
+         * padded with the centre (deviation exactly 0; a non-finite centre makes     \
+         * the chunk non-finite anyway, and the caller then recomputes exactly). */   \
+        rest = n - i;                                                                    \
+        memcpy(&tail, x + i + rest / W * W, (rest % W) * sizeof(T));                     \
+        if (rest >= W) GN_SUMS_STEP(0, x + i); else GN_SUMS_STEP(0, &tail);              \
+        if (rest >= 2 * W) GN_SUMS_STEP(1, x + i + W); else if (rest >= W) GN_SUMS_STEP(1, &tail); \
+        if (rest >= 3 * W) GN_SUMS_STEP(2, x + i + 2 * W); else if (rest >= 2 * W) GN_SUMS_STEP(2, &tail); \
+        if (rest >= 3 * W) GN_SUMS_STEP(3, &tail);                                        \
+        GN_FOLD_VECTORS(T, WIDE, d0, d1, d2, d3, s1);                                    \
+        GN_FOLD_VECTORS(T, WIDE, q0, q1, q2, q3, s2);                                    \
     }
 
-GN_DEFINE_SHIFTED_SUMS(gn_shifted_sums_f32, float, gn_vec_f32)
-GN_DEFINE_SHIFTED_SUMS(gn_shifted_sums_f64, double, gn_vec_f64)
+GN_DEFINE_SHIFTED_SUMS(gn_shifted_sums_f32, float, gn_vec_f32, gn_vec_f32_wide)
+GN_DEFINE_SHIFTED_SUMS(gn_shifted_sums_f64, double, gn_vec_f64, gn_vec_f64)
 
 #else /* no vector extensions (MSVC): the same lanes as plain arrays */
 
