@@ -40,6 +40,12 @@ PLAN_CASES = [
     ((1, 6, 83, 79), 2),     # per group: 2 groups of 19671 = 4 chunks + 3287
     ((2, 32, 17, 19), 8),    # per group: 16 pairs of 1292 elements
     ((3, 6, 7, 7), 6),       # per group: 18 pairs of 49 elements
+    # short channel runs (16 <= HW < 256: the flat apply of _runs.h)
+    ((2, 200, 7, 7), 2),     # per group: 4900 elements, a chunk boundary inside a 49-run
+    ((1, 200, 7, 7), 1),     # chunked: the same runs split across threads
+    ((4, 64, 4, 4), 4),      # per group: HW = 16, the shortest flat run
+    ((3, 30, 15, 17), 5),    # per group: HW = 255, the longest
+    ((2, 8, 3, 5), 2),       # per group: HW = 15 < one AVX-512 vector: per-channel loops
 ]
 
 

@@ -41,6 +41,13 @@ cdef extern from "_tuning.h":
 cdef enum:
     # 4096 float32 = 16 KiB: a residual chunk's stats pass reads it from L1.
     CHUNK = 4096
+    # NCHW channel runs of SHORT_RUN_MIN <= HW < SHORT_RUN_MAX elements are
+    # applied as one flat loop per chunk (apply_short_runs): at least one
+    # AVX-512 vector per run, and short enough that per-channel loops cost
+    # more than their work.
+    SHORT_RUN_MIN = 16
+    SHORT_RUN_MAX = 256
+    RUN_TABLE = 258     # channels a chunk can touch: CHUNK / SHORT_RUN_MIN + 2
     # NHWC geometry (see GroupsNHWC): a line is at least LINE elements; a
     # statistics block at least ROWS rows and about NHWC_BLOCK elements.
     LINE = 512
