@@ -110,6 +110,8 @@ def assert_same_layout(a, b):
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = available_variants()
+# The variant gncpu runs: the best one, unless GNCPU_KERNEL forces another.
+SELECTED_VARIANT = os.environ.get("GNCPU_KERNEL") or VARIANTS[-1][0]
 
 
 def tolerance(dtype, kind, fused=False):
