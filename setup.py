@@ -29,15 +29,23 @@ from setuptools import Extension, setup
 # propagation, which the API promises, and reassociates the careful sums.
 BASE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"]
 
-# Instruction-set levels. x86-64-v4 = AVX-512 (F, BW, CD, DQ, VL); gcc tunes
-# it for 256-bit vectors by default, so ask for 512 explicitly.
+# Instruction-set levels: compiler flags, and the kernels' tuning constants
+# for each (macros read by gncpu/kernel/_tuning.h). x86-64-v4 = AVX-512 (F,
+# BW, CD, DQ, VL); gcc tunes it for 256-bit vectors by default, so ask for 512
+# explicitly.
+# GNCPU_LANES = accumulators per sum in the statistics loop: 4 registers each
+# for the sums and the squares (SSE2 and AVX2 have 16 vector registers; 64
+# lanes of AVX2 took all 16 and spilled both sums to the stack every step).
 X86_VARIANTS = {
-    "baseline": [],
-    "avx2": ["-march=x86-64-v3"],
+    "baseline": ([], {"GNCPU_LANES": 16}),
+    "avx2": (["-march=x86-64-v3"], {"GNCPU_LANES": 32}),
     # Masked (partial-vector) loop epilogues: a 49-element run ends in one
     # masked vector instead of up to 15 scalar iterations of an exp.
-    "avx512": ["-march=x86-64-v4", "-mprefer-vector-width=512", "--param=vect-partial-vector-usage=1"],
+    "avx512": (["-march=x86-64-v4", "-mprefer-vector-width=512", "--param=vect-partial-vector-usage=1"],
+               {"GNCPU_LANES": 64}),
 }
+# Other CPUs (one portable build): 4 accumulators of 128-bit vectors.
+GENERIC_VARIANTS = {"baseline": ([], {"GNCPU_LANES": 16})}
 
 
 def compiler_accepts(flags):
@@ -69,10 +77,10 @@ def openmp_flags():
 def extensions():
     omp_compile, omp_link = openmp_flags()
     is_x86 = platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
-    variants = X86_VARIANTS if is_x86 else {"baseline": []}
+    variants = X86_VARIANTS if is_x86 else GENERIC_VARIANTS
     native = ["-march=native"] if os.environ.get("GNCPU_NATIVE") else []
     exts = []
-    for name, isa_flags in variants.items():
+    for name, (isa_flags, tuning) in variants.items():
         flags = BASE_FLAGS + omp_compile + (isa_flags or native)
         if sys.platform == "win32":
             flags = ["/O2"] + omp_compile
@@ -87,7 +95,7 @@ def extensions():
                     ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                     ("GNCPU_VARIANT", f'"{name}"'),
                     ("GNCPU_CFLAGS", '"' + " ".join(flags) + '"'),
-                ],
+                ] + [(macro, str(value)) for macro, value in tuning.items()],
             )
         )
     return exts

@@ -110,9 +110,8 @@ def assert_same_layout(a, b):
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = available_variants()
-# The variant a plain import runs: the best this CPU has, unless GNCPU_KERNEL
-# forces one (as the suite's run on the AVX2 variant of an AVX-512 host does).
-EXPECTED_VARIANT = os.environ.get("GNCPU_KERNEL") or VARIANTS[-1][0]
+# The variant gncpu runs: the best one, unless GNCPU_KERNEL forces another.
+SELECTED_VARIANT = os.environ.get("GNCPU_KERNEL") or VARIANTS[-1][0]
 
 
 def tolerance(dtype, kind, fused=False):

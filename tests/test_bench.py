@@ -141,6 +141,38 @@ def test_measure_rejects_bad_round_counts(kwargs, match):
         measure({"a": lambda s: None}, 1, **kwargs)
 
 
+def test_stats_drop_descheduled_samples_and_take_the_lowest_block_median():
+    # 12 samples of 1 ms at full CPU share, 3 of them descheduled (10 ms wall,
+    # 1 ms CPU); the third block is uniformly slower (2 ms, undisturbed).
+    wall = [1e-3] * 4 + [1e-3, 10e-3, 1e-3, 10e-3] + [2e-3] * 3 + [10e-3]
+    cpu = [1e-3] * 4 + [1e-3, 1e-3, 1e-3, 1e-3] + [2e-3] * 3 + [1e-3]
+    stats = Stats.from_samples(wall, 1, cpu)
+    assert stats.samples == 12 and stats.kept == 9
+    assert stats.median == pytest.approx(1e-3) and stats.minimum == pytest.approx(1e-3)
+    assert stats.minimum <= stats.q1 <= stats.median <= stats.q3
+    plain = Stats.from_samples(wall, 1)  # without CPU times nothing is dropped
+    assert plain.kept == 12 and plain.median == pytest.approx(1e-3)
+
+
+def test_a_contender_per_kernel_variant_gives_the_oracle_or_is_skipped():
+    from gncpu.bench.contenders import variant_contenders
+    from gncpu.kernel import LEVELS, available_variants
+
+    work = make_workload(Case.parse("2x32x7x7/8"), 2, seed=6)
+    built = dict(available_variants())
+    contenders = variant_contenders()
+    assert [c.name for c in contenders] == [f"gncpu-{level}" for level in LEVELS]
+    for contender in contenders:
+        level = contender.name.split("-", 1)[1]
+        if level not in built:
+            with pytest.raises(Skipped, match=level):
+                contender.prepare(work, 1)
+            continue
+        run = contender.prepare(work, 2)
+        np.testing.assert_allclose(run(1), reference.group_norm(work.inputs[1], 8, work.weight, work.bias),
+                                   atol=2e-5)
+
+
 def test_quiesce_waits_while_the_process_burns_cpu_up_to_the_limit():
     busy = itertools.count(0.0, 0.01)  # 10 ms more CPU at every reading: a thread is spinning
     waited = quiesce(0.004, poll=1e-4, cpu_clock=lambda: next(busy))

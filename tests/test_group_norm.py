@@ -471,7 +471,8 @@ def test_poisoned_out_is_fully_overwritten(rng, case, dtype, poison):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case", [((2, 6, 5, 7), 3), LARGE[0], LARGE[1], LARGE[3]], ids=large_id)
+@pytest.mark.parametrize("case", [((2, 6, 5, 7), 3), ((8, 96, 7, 7), 2), LARGE[0], LARGE[1], LARGE[3]],
+                         ids=large_id)
 def test_in_place(rng, case, dtype, threads):
     shape, groups = case
     x, _ = make_data(rng, shape, dtype, "offset_1e4" if dtype != np.float16 else "normal")

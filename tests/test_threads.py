@@ -11,8 +11,8 @@ import pytest
 
 import gncpu
 from gncpu import _config
-from conftest import (EXPECTED_VARIANT, VARIANTS, assert_bitwise_equal, assert_matches_oracle, make_affine,
-                      make_data, oracle, python_command, run_variant, subprocess_env, tolerance)
+from conftest import (SELECTED_VARIANT, VARIANTS, assert_bitwise_equal, assert_matches_oracle, make_affine, make_data,
+                      oracle, python_command, run_variant, subprocess_env, tolerance)
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -40,6 +40,12 @@ PLAN_CASES = [
     ((1, 6, 83, 79), 2),     # per group: 2 groups of 19671 = 4 chunks + 3287
     ((2, 32, 17, 19), 8),    # per group: 16 pairs of 1292 elements
     ((3, 6, 7, 7), 6),       # per group: 18 pairs of 49 elements
+    # short channel runs (16 <= HW < 256: the flat apply of _runs.h)
+    ((2, 200, 7, 7), 2),     # per group: 4900 elements, a chunk boundary inside a 49-run
+    ((1, 200, 7, 7), 1),     # chunked: the same runs split across threads
+    ((4, 64, 4, 4), 4),      # per group: HW = 16, the shortest flat run
+    ((3, 30, 15, 17), 5),    # per group: HW = 255, the longest
+    ((2, 8, 3, 5), 2),       # per group: HW = 15 < one AVX-512 vector: per-channel loops
 ]
 
 
@@ -88,10 +94,11 @@ def test_variants_agree_within_the_oracle_bound(rng, case, kind):
 
 
 def test_best_variant_is_selected():
+    """The best variant runs, unless GNCPU_KERNEL forces one."""
     names = [name for name, _ in VARIANTS]
     assert names[0] == "baseline"
-    assert gncpu.kernel.kernels is dict(VARIANTS)[EXPECTED_VARIANT]
-    assert gncpu.kernel.kernels.build_info()["variant"] == EXPECTED_VARIANT
+    assert gncpu.kernel.kernels is dict(VARIANTS)[SELECTED_VARIANT]
+    assert gncpu.kernel.kernels.build_info()["variant"] == SELECTED_VARIANT
 
 
 # Inputs large enough that the public API really runs 2+ threads.

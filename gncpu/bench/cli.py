@@ -20,8 +20,8 @@ import numpy as np
 from .contenders import (CONTENDERS, Case, Contender, Skipped, Workload, as_numpy, import_optional,
                          make_workload, set_torch_threads, touched_empty)
 from .report import (Lookup, accuracy_table, contender_lines, environment, floor_table, fmt_ratio,
-                     geomean, has_accuracy, load_average, not_run_lines, plot_ratios, ratio_table,
-                     report_header, scaling_table, times_table, write_json)
+                     geomean, has_accuracy, load_average, markdown_table, not_run_lines, plot_ratios,
+                     ratio_table, report_header, scaling_table, times_table, write_json)
 from .timing import Failure, ForeignLoad, measure, slot_count
 
 # Stable Diffusion UNet GroupNorms whose input fits the last-level cache: the
@@ -98,7 +98,7 @@ def _oracle(work, computes):
 def _stats_entry(stats):
     return {"status": "ok", "median_us": stats.median * 1e6, "q1_us": stats.q1 * 1e6,
             "q3_us": stats.q3 * 1e6, "min_us": stats.minimum * 1e6, "spread": stats.spread,
-            "samples": stats.samples, "inner": stats.inner}
+            "samples": stats.samples, "kept": stats.kept, "inner": stats.inner}
 
 
 def _failure(exc):
@@ -222,6 +222,34 @@ def _targets(lookup):
     return lines
 
 
+def variant_table(lookup):
+    """One row per (kernel variant, thread count): the target figures, each a
+    ratio measured in this run (geomean over the shapes the variant ran)."""
+    variants = [n for n in lookup.names() if n.startswith("gncpu-") and n != "gncpu-alloc"]
+    peer = "torch" if "torch" in lookup.names() else None
+    rows = []
+    for name in variants:
+        for t in lookup.threads:
+            floor = [lookup.ratio(c, t, name, "floor") for c in lookup.cases]
+            if not any(floor):
+                continue
+            row = [lookup.label(name), str(t), fmt_ratio(geomean(floor)),
+                   fmt_ratio(max((r for r in floor if r), default=None))]
+            if peer:
+                speedups = [lookup.ratio(c, t, peer, name) for c in lookup.cases]
+                measured = [(r, c) for r, c in zip(speedups, lookup.cases) if r]
+                slowest = min(measured) if measured else None
+                row += [fmt_ratio(geomean([r for r, _ in measured])),
+                        f"{fmt_ratio(slowest[0])} ({slowest[1]})" if slowest else "—"]
+            rows.append(row)
+    if not rows:
+        return None
+    header = ["variant", "threads", "time / copy floor (geomean)", "worst shape / floor"]
+    if peer:
+        header += [f"speedup vs {lookup.label(peer)} (geomean)", "lowest speedup (shape)"]
+    return markdown_table(header, rows)
+
+
 def group_norm_report(data):
     """The markdown report of a group_norm run (the dict written to the JSON)."""
     lookup = Lookup(data)
@@ -230,6 +258,11 @@ def group_norm_report(data):
     peers = _peers(lookup)
     lines = report_header(data, "gncpu group_norm benchmark")
     lines += ["", "## Targets", ""] + _targets(lookup)
+    variants = variant_table(lookup)
+    if variants:
+        lines += ["", "## Per kernel variant", "",
+                  "Each compiled instruction-set level of gncpu's kernel, called directly in the same "
+                  "interleaved rounds:", "", variants]
     not_run = not_run_lines(lookup)
     if not_run:
         lines += ["", "Not measured:", ""] + not_run

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 __all__ = ["Case", "Workload", "Contender", "Skipped", "make_workload", "touched_empty", "import_optional",
-           "as_numpy", "CONTENDERS", "numpy_group_norm"]
+           "as_numpy", "CONTENDERS", "numpy_group_norm", "variant_contenders"]
 
 
 class Skipped(Exception):
@@ -186,6 +186,38 @@ def _prepare_gncpu_allocating(work, threads):
     return run
 
 
+def _variant_runner(level):
+    """gncpu's kernel compiled for one instruction-set level, called directly
+    (the arrays are already what the kernel takes), on the threads
+    gncpu.group_norm would use: every variant this CPU runs, in one run."""
+    def prepare(work, threads):
+        from .._config import resolve_threads
+        from ..kernel import available_variants
+
+        module = dict(available_variants()).get(level)
+        if module is None:
+            raise Skipped(f"kernel variant {level} is not built or this CPU cannot run it")
+        inputs, output = work.inputs, work.output
+        groups, weight, bias, eps = work.case.groups, work.weight, work.bias, work.eps
+        threads = resolve_threads(threads, work.case.elements)
+        kernel = module.group_norm
+
+        def run(slot):
+            return kernel(inputs[slot], output, weight, bias, groups, eps, 0, threads)
+        return run
+    return prepare
+
+
+def variant_contenders():
+    """One contender per compiled instruction-set level (gncpu-baseline, ...)."""
+    from ..kernel import LEVELS
+
+    return [Contender(f"gncpu-{level}", f"gncpu {level}", _variant_runner(level),
+                      note=f"the {level} build of gncpu's kernel (as GNCPU_KERNEL={level} selects), "
+                           "called directly")
+            for level in LEVELS]
+
+
 # --- NumPy ----------------------------------------------------------------------
 
 def numpy_group_norm(x, groups, weight, bias, eps, out, scratch):
@@ -355,6 +387,7 @@ CONTENDERS = [
     Contender("gncpu", "gncpu", _prepare_gncpu, note="gncpu.group_norm(x, G, w, b, out=..., num_threads=t)"),
     Contender("gncpu-alloc", "gncpu, new out", _prepare_gncpu_allocating,
               note="gncpu.group_norm(x, G, w, b, num_threads=t): allocates its output, as torch does"),
+    *variant_contenders(),
     Contender("numpy", "NumPy", _prepare_numpy, note="two-pass float32 NumPy, single-threaded"),
     Contender("torch", "torch", _prepare_torch,
               note="torch.nn.functional.group_norm (allocates its output; torch has no out=)"),

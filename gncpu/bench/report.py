@@ -50,6 +50,23 @@ def load_average():
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
+# The x86 vector extensions that decide which kernel variant runs.
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
+
+
+def _isa_flags():
+    """The CPU's vector extensions from /proc/cpuinfo (Linux), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(flag for flag in _ISA_FLAGS if flag in have)
+    except OSError:
+        pass
+    return None
+
+
 def environment(peers=("numpy", "torch", "onnxruntime", "openvino", "onnx")):
     """What ran where: versions, gncpu's build, thread pools (call after the
     peers are imported so their pools show), variables and machine load."""
@@ -58,6 +75,7 @@ def environment(peers=("numpy", "torch", "onnxruntime", "openvino", "onnx")):
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
+        "isa": _isa_flags(),
         "cpu_count": os.cpu_count(),
         "load_average": load_average(),
         "python": platform.python_version(),
@@ -295,7 +313,8 @@ def report_header(data, title):
         f"{env['date']} · {env['cpu']} ({env['cpu_count']} CPUs, 1-minute load average "
         f"{_load(data.get('load_average_start'))} at start, {_load(env['load_average'])} at end) · "
         f"gncpu {gn['version']} "
-        f"kernel `{gn['kernel_variant']}` · "
+        f"kernel `{gn['kernel_variant']}` (CPU supports up to `{gn.get('cpu_supports', '?')}`; "
+        f"ISA: {env.get('isa') or '?'}) · "
         + " · ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         "",
         f"Command: `{data['command']}`",

@@ -18,15 +18,30 @@ import numpy as np
 __all__ = ["Stats", "Failure", "slot_count", "measure", "quiesce", "ForeignLoad"]
 
 
+# Samples during which this process got less than this share of the CPU
+# time its undisturbed samples get (per contender: the 90th percentile of
+# CPU time / wall time) were descheduled by other processes: dropped.
+UNDISTURBED_SHARE = 0.8
+# The kept samples are split, in the order taken, into this many blocks; the
+# reported median is the lowest block median (min of medians): a burst of
+# load that spans one block moves the result less than the median of all.
+BLOCKS = 3
+
+
 @dataclass(frozen=True)
 class Stats:
-    """Per-call times in seconds over `samples` samples of `inner` calls each."""
+    """Per-call times in seconds over `samples` samples of `inner` calls each.
+
+    median, q1, q3: of the block of kept samples with the lowest median (see
+    BLOCKS); minimum: over all kept samples; kept: samples not dropped as
+    descheduled (see UNDISTURBED_SHARE)."""
     median: float
     q1: float
     q3: float
     minimum: float
     samples: int
     inner: int
+    kept: int = 0
 
     @property
     def spread(self):
@@ -34,10 +49,20 @@ class Stats:
         return (self.q3 - self.q1) / self.median if self.median > 0 else math.nan
 
     @classmethod
-    def from_samples(cls, seconds, inner):
+    def from_samples(cls, seconds, inner, cpu_seconds=None, blocks=BLOCKS):
+        """cpu_seconds: this process's CPU time during each sample (None: keep all)."""
         arr = np.asarray(seconds, dtype=np.float64)
-        q1, median, q3 = np.percentile(arr, [25, 50, 75])
-        return cls(float(median), float(q1), float(q3), float(arr.min()), int(arr.size), int(inner))
+        kept = arr
+        if cpu_seconds is not None and arr.size >= 2 * blocks:
+            share = np.asarray(cpu_seconds, dtype=np.float64) / np.maximum(arr, 1e-12)
+            undisturbed = share >= UNDISTURBED_SHARE * np.percentile(share, 90)
+            if np.count_nonzero(undisturbed) >= blocks:
+                kept = arr[undisturbed]
+        parts = [part for part in np.array_split(kept, min(blocks, kept.size)) if part.size]
+        best = min(parts, key=np.median)
+        q1, median, q3 = np.percentile(best, [25, 50, 75])
+        return cls(float(median), float(q1), float(q3), float(kept.min()), int(arr.size), int(inner),
+                   int(kept.size))
 
 
 @dataclass(frozen=True)
@@ -125,14 +150,16 @@ def quiesce(limit, poll=5e-4, busy_fraction=0.1, cpu_clock=time.process_time):
             return now - start
 
 
-def _timed_sample(run, inner, cursor):
+def _timed_sample(run, inner, cursor, cpu_clock=time.process_time):
+    """(wall seconds per call, this process's CPU seconds per call)."""
     slots = cursor.slots
     start = cursor.take(inner)
     clock = time.perf_counter
-    t0 = clock()
+    c0, t0 = cpu_clock(), clock()
     for j in range(inner):
         run((start + j) % slots)
-    return (clock() - t0) / inner
+    t1, c1 = clock(), cpu_clock()
+    return (t1 - t0) / inner, (c1 - c0) / inner
 
 
 def _describe(exc):
@@ -152,6 +179,10 @@ def measure(runners, slots, *, warmup_rounds=3, min_rounds=10, max_rounds=10_000
     (up to `quiet_limit` seconds; 0: not at all) until the worker threads
     that contender left spinning have gone idle, so they do not slow down
     the next one: see quiesce().
+
+    Samples during which the process was descheduled (its CPU time per wall
+    second fell well below that contender's usual) are dropped, and the
+    median reported is a min of block medians: see Stats.from_samples.
 
     Returns {name: Stats or Failure}; a runner that raises is dropped from the
     remaining rounds and reported as a Failure.
@@ -183,13 +214,14 @@ def measure(runners, slots, *, warmup_rounds=3, min_rounds=10, max_rounds=10_000
             value = guarded(name, lambda: _timed_sample(run, 1, cursor))
             if value is None:
                 break
-            estimates.append(value)
+            estimates.append(value[0])
         if name in live:
             # the fastest warm-up call: a preempted one would make inner too small
             estimate = min(estimates)
             inner[name] = max(1, min(10_000, round(sample_time / max(estimate, 1e-9))))
 
     samples = {name: [] for name in live}
+    cpu = {name: [] for name in live}
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection mid-sample would be charged to whoever runs
     try:
@@ -203,7 +235,8 @@ def measure(runners, slots, *, warmup_rounds=3, min_rounds=10, max_rounds=10_000
                     continue
                 value = guarded(name, lambda: _timed_sample(live[name], inner[name], cursor))
                 if value is not None:
-                    samples[name].append(value)
+                    samples[name].append(value[0])
+                    cpu[name].append(value[1])
                 if quiet_limit > 0:
                     quiesce(quiet_limit)
             rounds += 1
@@ -211,5 +244,5 @@ def measure(runners, slots, *, warmup_rounds=3, min_rounds=10, max_rounds=10_000
         if gc_was_enabled:
             gc.enable()
     for name in live:
-        results[name] = Stats.from_samples(samples[name], inner[name])
+        results[name] = Stats.from_samples(samples[name], inner[name], cpu[name])
     return {name: results[name] for name in runners}

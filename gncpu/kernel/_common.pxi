@@ -30,15 +30,24 @@ ctypedef fused real:
     float
     double
 
+cdef extern from "_tuning.h":
+    # Independent accumulators per sum, per variant (see _tuning.h): 4
+    # vector registers of float32 each for the sums and the squares, so the
+    # adds pipeline instead of waiting on one dependency chain and nothing
+    # spills. Plain C arrays indexed by the inner loop: gcc vectorizes them
+    # without -ffast-math, and the summation order is fixed by the source.
+    enum: LANES "GNCPU_LANES"
+
 cdef enum:
-    # Independent accumulators per sum: 4 AVX-512 registers of float32 (8 of
-    # float64), so the adds pipeline instead of waiting on one dependency
-    # chain. Plain C arrays indexed by the inner loop: gcc vectorizes them
-    # without -ffast-math, and the summation order is fixed by the source, so
-    # every instruction-set variant sums alike.
-    LANES = 64
     # 4096 float32 = 16 KiB: a residual chunk's stats pass reads it from L1.
     CHUNK = 4096
+    # NCHW channel runs of SHORT_RUN_MIN <= HW < SHORT_RUN_MAX elements are
+    # applied as one flat loop per chunk (apply_short_runs): at least one
+    # AVX-512 vector per run, and short enough that per-channel loops cost
+    # more than their work.
+    SHORT_RUN_MIN = 16
+    SHORT_RUN_MAX = 256
+    RUN_TABLE = 258     # channels a chunk can touch: CHUNK / SHORT_RUN_MIN + 2
     # NHWC geometry (see GroupsNHWC): a line is at least LINE elements; a
     # statistics block at least ROWS rows and about NHWC_BLOCK elements.
     LINE = 512

@@ -43,6 +43,19 @@ cdef inline Moments chunk_stats(const real* x, const real* skip, const real* ski
     return chunk_moments(buf + start, stop - start)
 
 
+cdef extern from "_runs.h":
+    # y = (x - head) * a[k] + b[k] over consecutive short channel runs, as one
+    # flat vector loop (see _runs.h); GNCPU_HAVE_VECTOR_RUNS is 0 without
+    # GCC vector extensions.
+    const bint GNCPU_HAVE_VECTOR_RUNS
+    void affine_runs_f32 "gn_affine_runs_f32"(const float* x, float* y, Py_ssize_t n,
+                                               Py_ssize_t first, Py_ssize_t hw, float head,
+                                               const float* a, const float* b) noexcept nogil
+    void affine_runs_f64 "gn_affine_runs_f64"(const double* x, double* y, Py_ssize_t n,
+                                               Py_ssize_t first, Py_ssize_t hw, double head,
+                                               const double* a, const double* b) noexcept nogil
+
+
 cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssize_t stop,
                              Py_ssize_t hw, const real* weight, const real* bias,
                              Moments m, double eps, int activation) noexcept nogil:
@@ -51,6 +64,9 @@ cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssiz
     cdef double rstd = inv_std(m, eps)
     cdef real head, a, b
     cdef Py_ssize_t c, lo, hi
+    if SHORT_RUN_MIN <= hw < SHORT_RUN_MAX and activation == ACT_NONE and GNCPU_HAVE_VECTOR_RUNS:
+        if apply_short_runs(src, y, start, stop, hw, weight, bias, m.mean, rstd):
+            return
     for c in range(start // hw, (stop - 1) // hw + 1):
         lo = max(start, c * hw)
         hi = min(stop, (c + 1) * hw)
@@ -58,6 +74,33 @@ cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssiz
             apply_exact(src + lo, y + lo, hi - lo, m.mean, rstd, weight, bias, c, activation)
         else:
             affine_scalar(src + lo, y + lo, hi - lo, head, a, b, activation)
+
+
+cdef inline bint apply_short_runs(const real* src, real* y, Py_ssize_t start, Py_ssize_t stop,
+                                  Py_ssize_t hw, const real* weight, const real* bias,
+                                  double mean, double rstd) noexcept nogil:
+    """apply_range without activation for short channel runs: the chunk's
+    channel coefficients into a small table, then one flat vector loop over
+    the chunk (a per-channel loop's head and tail cost more than its 49-64
+    elements of work). Same coefficients, same bits. Returns False, having
+    written nothing, if a channel needs apply_exact."""
+    cdef real a[RUN_TABLE]
+    cdef real b[RUN_TABLE]
+    cdef real head = <real>mean   # what affine_coefficients sets it to
+    cdef Py_ssize_t k, first_channel = start // hw
+    cdef bint exact = False
+    for k in range((stop - 1) // hw + 1 - first_channel):
+        exact |= affine_coefficients(mean, rstd, weight, bias, first_channel + k, &head, &a[k],
+                                     &b[k])
+    if exact:
+        return False
+    if real is float:
+        affine_runs_f32(src + start, y + start, stop - start, (first_channel + 1) * hw - start,
+                        hw, head, a, b)
+    else:
+        affine_runs_f64(src + start, y + start, stop - start, (first_channel + 1) * hw - start,
+                        hw, head, a, b)
+    return True
 
 
 cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m,

@@ -9,17 +9,13 @@
 # not depend on the thread count, so results are bit-identical for any number
 # of threads.
 
-cdef inline double sum_lanes(const real* acc) noexcept nogil:
-    # Pairwise tree over the lanes, fixed order.
-    cdef double part[LANES]
-    cdef Py_ssize_t j, width = LANES
-    for j in range(LANES):
-        part[j] = acc[j]
-    while width > 1:
-        width //= 2
-        for j in range(width):
-            part[j] = part[j] + part[j + width]
-    return part[0]
+cdef extern from "_sums.h":
+    # s1 = sum(x - centre), s2 = sum((x - centre)**2) over x[0:n], in the
+    # variant's lanes folded pairwise (see _sums.h).
+    void shifted_sums_f32 "gn_shifted_sums_f32"(const float* x, Py_ssize_t n, float centre,
+                                                 double* s1, double* s2) noexcept nogil
+    void shifted_sums_f64 "gn_shifted_sums_f64"(const double* x, Py_ssize_t n, double centre,
+                                                 double* s1, double* s2) noexcept nogil
 
 
 cdef inline double mean_of_8(double a, double b, double c, double d, double e, double f,
@@ -37,29 +33,16 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     for data with a large common offset (both operands within a factor of
     two: Sterbenz), so no digits go to the offset.
     """
-    cdef real acc_d[LANES]
-    cdef real acc_dd[LANES]
-    cdef real centre, d
-    cdef Py_ssize_t i, j, body = n - n % LANES
+    cdef real centre
     cdef double s1, s2, inv_n
     cdef Moments m
     centre = <real>(mean_of_8(x[0], x[n // 8], x[(2 * n) // 8], x[(3 * n) // 8],
                               x[(4 * n) // 8], x[(5 * n) // 8], x[(6 * n) // 8],
                               x[(7 * n) // 8]))
-    for j in range(LANES):
-        acc_d[j] = 0
-        acc_dd[j] = 0
-    for i in range(body // LANES):
-        for j in range(LANES):
-            d = x[i * LANES + j] - centre
-            acc_d[j] += d
-            acc_dd[j] += d * d
-    for j in range(n - body):
-        d = x[body + j] - centre
-        acc_d[j] += d
-        acc_dd[j] += d * d
-    s1 = sum_lanes(acc_d)
-    s2 = sum_lanes(acc_dd)
+    if real is float:
+        shifted_sums_f32(x, n, centre, &s1, &s2)
+    else:
+        shifted_sums_f64(x, n, centre, &s1, &s2)
     inv_n = 1.0 / n
     m.count = n
     m.scale = 1
