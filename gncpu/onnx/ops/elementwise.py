@@ -3,6 +3,10 @@
 Results keep the ONNX output type: NumPy promotes float32 op float64-scalar
 or float16 op int to wider types, so each op casts back where ONNX says the
 output type is the input's.
+
+The plan runs every node under np.errstate(all="ignore") (overflow to Inf and
+0/0 = NaN are what ONNX specifies), so the hot ops here do not set it
+themselves: entering np.errstate costs ~6 us, more than a small Add.
 """
 import math
 
@@ -31,8 +35,7 @@ def _same_type(result, like):
 
 def _binary(name, fn, since_versions=(7, 13, 14)):
     def op(a, b):
-        with np.errstate(all="ignore"):
-            return _same_type(np.asarray(fn(a, b)), a)
+        return _same_type(np.asarray(fn(a, b)), a)
     op.__name__ = name.lower()
     for since in since_versions:
         register(name, since)(op)
@@ -114,8 +117,7 @@ def mean(*inputs):
 
 def _unary(name, fn, since_versions=(6, 13)):
     def op(x):
-        with np.errstate(all="ignore"):
-            return _same_type(np.asarray(fn(x)), x)
+        return _same_type(np.asarray(fn(x)), x)
     op.__name__ = name.lower()
     for since in since_versions:
         register(name, since)(op)
