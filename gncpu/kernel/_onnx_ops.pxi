@@ -82,20 +82,48 @@ cdef inline void unary_block_f64(const double* x, double* y, Py_ssize_t n, int c
             y[i] = gelu_tanh_libm(x[i])
 
 
-def unary(const onnx_real[::1] x, onnx_real[::1] y, int code, int threads):
-    """y = f(x) elementwise, f named by `code` (UNARY_CODES); y may be x."""
-    cdef Py_ssize_t n = x.shape[0], blocks = (n + UNARY_BLOCK - 1) // UNARY_BLOCK, k, start
-    if y.shape[0] != n or code < UNARY_SIGMOID or code > UNARY_GELU_TANH:
-        raise ValueError(f"unary: sizes {n} and {y.shape[0]}, code {code}")
-    if n == 0:
+cdef inline void unary_block(const char* x, char* y, Py_ssize_t start, Py_ssize_t n, int code,
+                             bint is_double) noexcept nogil:
+    cdef Py_ssize_t count = min(<Py_ssize_t>UNARY_BLOCK, n - start)
+    if is_double:
+        unary_block_f64(<const double*>x + start, <double*>y + start, count, code)
+    else:
+        unary_block_f32(<const float*>x + start, <float*>y + start, count, code)
+
+
+cdef int check_float_arrays(str op, tuple arrays) except -1:
+    # The Python-facing kernels take plain ndarrays: a typed-memoryview signature
+    # over a fused type costs ~2 us of dispatch per call, more than a small op.
+    cdef cnp.ndarray a
+    cdef int first = cnp.PyArray_TYPE(<cnp.ndarray>arrays[0])
+    if first != cnp.NPY_FLOAT32 and first != cnp.NPY_FLOAT64:
+        raise TypeError(f"{op}: float32 or float64 arrays expected, got {arrays[0].dtype}")
+    for a in arrays:
+        if cnp.PyArray_TYPE(a) != first:
+            raise TypeError(f"{op}: arrays must share one dtype, got {arrays[0].dtype} and {a.dtype}")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+            raise ValueError(f"{op}: arrays must be C-contiguous")
+    return 0
+
+
+def unary(cnp.ndarray x, cnp.ndarray y, int code, int threads):
+    """y = f(x) elementwise over C-contiguous arrays of one float dtype and
+    size, f named by `code` (UNARY_CODES); y may be x."""
+    check_float_arrays("unary", (x, y))
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x), blocks = (n + UNARY_BLOCK - 1) // UNARY_BLOCK, k
+    if cnp.PyArray_SIZE(y) != n or code < UNARY_SIGMOID or code > UNARY_GELU_TANH:
+        raise ValueError(f"unary: sizes {n} and {cnp.PyArray_SIZE(y)}, code {code}")
+    cdef const char* src = <const char*>cnp.PyArray_DATA(x)
+    cdef char* dst = <char*>cnp.PyArray_DATA(y)
+    cdef bint is_double = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT64
+    if blocks <= 1 or threads <= 1:
+        with nogil:
+            for k in range(blocks):
+                unary_block(src, dst, k * UNARY_BLOCK, n, code, is_double)
         return
     with nogil:
-        for k in prange(blocks, num_threads=max(1, min(threads, blocks)), schedule="static"):
-            start = k * UNARY_BLOCK
-            if onnx_real is float:
-                unary_block_f32(&x[start], &y[start], min(<Py_ssize_t>UNARY_BLOCK, n - start), code)
-            else:
-                unary_block_f64(&x[start], &y[start], min(<Py_ssize_t>UNARY_BLOCK, n - start), code)
+        for k in prange(blocks, num_threads=min(threads, blocks), schedule="static"):
+            unary_block(src, dst, k * UNARY_BLOCK, n, code, is_double)
 
 
 cdef inline void softmax_row(const onnx_real* x, onnx_real* y, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
@@ -127,18 +155,31 @@ cdef inline void softmax_row(const onnx_real* x, onnx_real* y, Py_ssize_t n, Py_
         y[j * stride] = <onnx_real>(y[j * stride] * inv)
 
 
-def softmax(const onnx_real[:, :, ::1] x, onnx_real[:, :, ::1] y, int threads):
-    """Softmax over axis 1 of x viewed as (outer, n, inner)."""
-    cdef Py_ssize_t outer = x.shape[0], n = x.shape[1], inner = x.shape[2], rows = outer * inner, r, o, i
-    if y.shape[0] != outer or y.shape[1] != n or y.shape[2] != inner:
-        raise ValueError("softmax: x and y shapes differ")
-    if n == 0 or rows == 0:
+cdef void softmax_rows(const onnx_real* x, onnx_real* y, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
+                       int threads) noexcept nogil:
+    cdef Py_ssize_t rows = outer * inner, r, o, i
+    for r in prange(rows, num_threads=max(1, min(threads, rows)), schedule="static"):
+        o = r // inner
+        i = r - o * inner
+        softmax_row(x + o * n * inner + i, y + o * n * inner + i, n, inner)
+
+
+def softmax(cnp.ndarray x, cnp.ndarray y, int threads):
+    """Softmax over axis 1 of x (outer, n, inner) into y of the same shape."""
+    check_float_arrays("softmax", (x, y))
+    if x.ndim != 3 or y.ndim != 3 or any(x.shape[d] != y.shape[d] for d in range(3)):
+        raise ValueError("softmax: x and y must be 3-D arrays of one shape")
+    cdef Py_ssize_t outer = x.shape[0], n = x.shape[1], inner = x.shape[2]
+    cdef bint is_double = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT64
+    cdef void* src = cnp.PyArray_DATA(x)
+    cdef void* dst = cnp.PyArray_DATA(y)
+    if n == 0 or outer * inner == 0:
         return
     with nogil:
-        for r in prange(rows, num_threads=max(1, min(threads, rows)), schedule="static"):
-            o = r // inner
-            i = r - o * inner
-            softmax_row(&x[o, 0, i], &y[o, 0, i], n, inner)
+        if is_double:
+            softmax_rows(<const double*>src, <double*>dst, outer, n, inner, threads)
+        else:
+            softmax_rows(<const float*>src, <float*>dst, outer, n, inner, threads)
 
 
 cdef inline void layer_norm_row(const onnx_real* x, onnx_real* y, const onnx_real* scale, const onnx_real* bias,
@@ -178,65 +219,97 @@ cdef inline void layer_norm_row(const onnx_real* x, onnx_real* y, const onnx_rea
     rstd_out[0] = rstd
 
 
-def layer_norm(const onnx_real[:, ::1] x, const onnx_real[::1] scale, bias, onnx_real[:, ::1] y,
-               double[::1] mean, double[::1] rstd, double eps, int threads):
+cdef void layer_norm_rows(const onnx_real* x, const onnx_real* scale, const onnx_real* bias, onnx_real* y,
+                          double* mean, double* rstd, Py_ssize_t rows, Py_ssize_t n, double eps,
+                          int threads) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in prange(rows, num_threads=max(1, min(threads, rows)), schedule="static"):
+        layer_norm_row(x + r * n, y + r * n, scale, bias, n, eps, mean + r, rstd + r)
+
+
+def layer_norm(cnp.ndarray x, cnp.ndarray scale, bias, cnp.ndarray y, cnp.ndarray mean, cnp.ndarray rstd,
+               double eps, int threads):
     """Each row of x (rows, n) normalized: y = (x - mean) * rstd * scale + bias
-    (bias None or like scale, both of length n); mean and rstd (rows,) out."""
-    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], r
-    cdef const onnx_real[::1] bias_view
-    cdef const onnx_real* bias_ptr = NULL
-    if scale.shape[0] != n or y.shape[0] != rows or y.shape[1] != n or mean.shape[0] != rows \
-            or rstd.shape[0] != rows:
-        raise ValueError("layer_norm: shapes disagree")
-    if bias is not None:
-        bias_view = bias
-        if bias_view.shape[0] != n:
-            raise ValueError("layer_norm: bias length differs from the row length")
-        bias_ptr = &bias_view[0]
+    (bias None or like scale, both of length n); mean and rstd (rows,) float64 out."""
+    arrays = (x, scale, y) if bias is None else (x, scale, bias, y)
+    check_float_arrays("layer_norm", arrays)
+    check_float_arrays("layer_norm", (mean, rstd))
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[1] != y.shape[1]:
+        raise ValueError("layer_norm: x and y must be 2-D arrays of one shape")
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
+    if cnp.PyArray_SIZE(scale) != n or (bias is not None and cnp.PyArray_SIZE(bias) != n):
+        raise ValueError(f"layer_norm: scale and bias must hold {n} values")
+    if cnp.PyArray_TYPE(mean) != cnp.NPY_FLOAT64 or cnp.PyArray_SIZE(mean) != rows or cnp.PyArray_SIZE(rstd) != rows:
+        raise ValueError(f"layer_norm: mean and rstd must be float64 arrays of {rows} values")
     if rows == 0 or n == 0:
         return
+    cdef bint is_double = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT64
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* ps = cnp.PyArray_DATA(scale)
+    cdef void* pb = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
     with nogil:
-        for r in prange(rows, num_threads=max(1, min(threads, rows)), schedule="static"):
-            layer_norm_row(&x[r, 0], &y[r, 0], &scale[0], bias_ptr, n, eps, &mean[r], &rstd[r])
+        if is_double:
+            layer_norm_rows(<const double*>px, <const double*>ps, <const double*>pb, <double*>py, pm, pr,
+                            rows, n, eps, threads)
+        else:
+            layer_norm_rows(<const float*>px, <const float*>ps, <const float*>pb, <float*>py, pm, pr,
+                            rows, n, eps, threads)
 
 
-def im2col_2d(const onnx_real[:, :, ::1] x, onnx_real[:, ::1] cols, int kh, int kw, int sh, int sw,
-              int dh, int dw, int ph, int pw, Py_ssize_t ow):
+cdef void im2col_planes(const onnx_real* x, onnx_real* cols, Py_ssize_t c_count, Py_ssize_t h, Py_ssize_t w,
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                        Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
+    cdef Py_ssize_t c, ky, kx, oy, ox, iy, ix0, lo, hi, row
+    cdef onnx_real* out
+    cdef const onnx_real* line
+    for c in range(c_count):
+        for ky in range(kh):
+            for kx in range(kw):
+                row = (c * kh + ky) * kw + kx
+                # Output columns ox whose input column ix0 + ox*sw lies in [0, w).
+                ix0 = kx * dw - pw
+                lo = 0 if ix0 >= 0 else (-ix0 + sw - 1) // sw
+                hi = 0 if ix0 >= w else (w - 1 - ix0) // sw + 1
+                lo = min(lo, ow)
+                hi = max(lo, min(hi, ow))
+                for oy in range(oh):
+                    out = cols + (row * oh + oy) * ow
+                    iy = oy * sh - ph + ky * dh
+                    if iy < 0 or iy >= h:
+                        memset(out, 0, ow * sizeof(onnx_real))
+                        continue
+                    line = x + (c * h + iy) * w + ix0
+                    if lo > 0:
+                        memset(out, 0, lo * sizeof(onnx_real))
+                    if sw == 1:
+                        memcpy(out + lo, line + lo, (hi - lo) * sizeof(onnx_real))
+                    else:
+                        for ox in range(lo, hi):
+                            out[ox] = line[ox * sw]
+                    if hi < ow:
+                        memset(out + hi, 0, (ow - hi) * sizeof(onnx_real))
+
+
+def im2col_2d(cnp.ndarray x, cnp.ndarray cols, int kh, int kw, int sh, int sw, int dh, int dw, int ph, int pw,
+              Py_ssize_t oh, Py_ssize_t ow):
     """Column matrix of a 2-D convolution of x (C, H, W): row (c, ky, kx),
     column (oy, ox) holds x[c, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw], zero
-    outside x (ph, pw: the leading pads). cols is (C*kh*kw, OH*ow)."""
+    outside x (ph, pw: the leading pads). cols holds C*kh*kw x oh*ow values."""
+    check_float_arrays("im2col_2d", (x, cols))
+    if x.ndim != 3:
+        raise ValueError("im2col_2d: x must be (C, H, W)")
     cdef Py_ssize_t c_count = x.shape[0], h = x.shape[1], w = x.shape[2]
-    cdef Py_ssize_t positions = cols.shape[1], rows = cols.shape[0]
-    cdef Py_ssize_t oh, c, ky, kx, oy, ox, iy, ix0, lo, hi, row
-    cdef onnx_real* out
-    if kh <= 0 or kw <= 0 or sh <= 0 or sw <= 0 or dh <= 0 or dw <= 0 or rows != c_count * kh * kw:
+    if kh <= 0 or kw <= 0 or sh <= 0 or sw <= 0 or dh <= 0 or dw <= 0 or oh <= 0 or ow <= 0 \
+            or cnp.PyArray_SIZE(cols) != c_count * kh * kw * oh * ow:
         raise ValueError("im2col_2d: bad geometry")
-    oh = positions // ow if ow > 0 else 0
-    if ow <= 0 or oh * ow != positions:
-        raise ValueError("im2col_2d: cols does not match the output size")
+    cdef bint is_double = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT64
+    cdef void* src = cnp.PyArray_DATA(x)
+    cdef void* dst = cnp.PyArray_DATA(cols)
     with nogil:
-        for c in range(c_count):
-            for ky in range(kh):
-                for kx in range(kw):
-                    row = (c * kh + ky) * kw + kx
-                    # Output columns ox whose input column ix0 + ox*sw lies in [0, w).
-                    ix0 = kx * dw - pw
-                    lo = 0 if ix0 >= 0 else (-ix0 + sw - 1) // sw
-                    hi = 0 if ix0 >= w else (w - 1 - ix0) // sw + 1
-                    lo = min(lo, ow)
-                    hi = max(lo, min(hi, ow))
-                    for oy in range(oh):
-                        out = &cols[row, oy * ow]
-                        iy = oy * sh - ph + ky * dh
-                        if iy < 0 or iy >= h:
-                            memset(out, 0, ow * sizeof(onnx_real))
-                            continue
-                        if lo > 0:
-                            memset(out, 0, lo * sizeof(onnx_real))
-                        if sw == 1:
-                            memcpy(out + lo, &x[c, iy, ix0 + lo], (hi - lo) * sizeof(onnx_real))
-                        else:
-                            for ox in range(lo, hi):
-                                out[ox] = x[c, iy, ix0 + ox * sw]
-                        if hi < ow:
-                            memset(out + hi, 0, (ow - hi) * sizeof(onnx_real))
+        if is_double:
+            im2col_planes(<const double*>src, <double*>dst, c_count, h, w, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow)
+        else:
+            im2col_planes(<const float*>src, <float*>dst, c_count, h, w, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow)

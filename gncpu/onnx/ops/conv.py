@@ -75,7 +75,8 @@ def _padded(x, begins, ends, dtype):
 
 class _ConvGeometry:
     """What a Conv call with given shapes and attributes does, worked out once."""
-    __slots__ = ("spatial", "kernel", "strides", "dilations", "begins", "ends", "out_dims", "dtype", "path")
+    __slots__ = ("spatial", "kernel", "strides", "dilations", "begins", "ends", "out_dims", "dtype", "path",
+                 "small")
 
 
 # (shapes, dtype, attributes) -> _ConvGeometry: a run then skips the validation and
@@ -84,16 +85,12 @@ _geometries = {}
 _MAX_GEOMETRIES = 1024
 
 
-def _frozen(value):
-    return None if value is None else tuple(value)
-
-
 @register("Conv", 1)
 @register("Conv", 11)
 @register("Conv", 22)
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
-    key = (x.shape, w.shape, x.dtype, group, auto_pad, _frozen(dilations), _frozen(kernel_shape), _frozen(pads),
-           _frozen(strides))
+    key = (x.shape, w.shape, x.dtype, group, auto_pad, dilations and tuple(dilations),
+           kernel_shape and tuple(kernel_shape), pads and tuple(pads), strides and tuple(strides))
     geo = _geometries.get(key)
     if geo is None:
         geo = _conv_geometry(x, w, auto_pad, dilations, group, kernel_shape, pads, strides)
@@ -146,6 +143,7 @@ def _conv_geometry(x, w, auto_pad, dilations, group, kernel_shape, pads, strides
         geo.path = "depthwise"
     elif spatial <= 2 and macs <= _SMALL_CONV_MACS:
         geo.path = "small"
+        geo.small = _small_geometry(x, w, group, geo)
     elif winograd_applies(x, w, group, geo.strides, geo.dilations, geo.out_dims):
         geo.path = "winograd"
     else:
@@ -162,33 +160,35 @@ def _conv_geometry(x, w, auto_pad, dilations, group, kernel_shape, pads, strides
 _SMALL_CONV_MACS = 1 << 22
 
 
+def _small_geometry(x, w, group, geo):
+    """The im2col arguments of a 1-D or 2-D conv, as a 2-D one (height 1 for 1-D)."""
+    def as_2d(dims, fill=1):
+        return ((fill,) if geo.spatial == 1 else ()) + tuple(int(d) for d in dims)
+
+    c, m = x.shape[1], w.shape[0]
+    (kh, kw), (oh, ow) = as_2d(geo.kernel), as_2d(geo.out_dims)
+    im2col = as_2d(geo.kernel) + as_2d(geo.strides) + as_2d(geo.dilations) + as_2d(geo.begins, 0) + (oh, ow)
+    return (as_2d(x.shape[2:]), im2col, (c * kh * kw, oh * ow), c // group * kh * kw, m // group)
+
+
 def _conv_small(x, weight, bias, group, geo):
     """1-D and 2-D convs: columns straight from the unpadded input (the kernel
     zero-fills what falls in the pads), then W_g @ columns into y."""
-    n, c = x.shape[:2]
-    m = weight.shape[0]
-
-    def as_2d(dims, fill=1):  # a 1-D conv is a 2-D one of height 1
-        return ((fill,) if geo.spatial == 1 else ()) + tuple(dims)
-
-    in_h, in_w = as_2d(x.shape[2:])
-    kh, kw = as_2d(geo.kernel)
-    sh, sw = as_2d(geo.strides)
-    dh, dw = as_2d(geo.dilations)
-    ph, pw = as_2d(geo.begins, 0)
-    oh, ow = as_2d(geo.out_dims)
-    src = np.ascontiguousarray(x, dtype=geo.dtype).reshape(n, c, in_h, in_w)
-    cg, mg, taps = c // group, m // group, kh * kw
-    cols = _scratch((c * taps, oh * ow), geo.dtype)
+    (in_h, in_w), im2col, cols_shape, depth, mg = geo.small
+    n, c, m = x.shape[0], x.shape[1], weight.shape[0]
+    src = x.reshape(n, c, in_h, in_w)
+    if src.dtype != geo.dtype or not src.flags.c_contiguous:
+        src = np.ascontiguousarray(src, dtype=geo.dtype)
+    cols = np.empty(cols_shape, geo.dtype)
     y = np.empty((n, m) + geo.out_dims, dtype=geo.dtype)
-    out = y.reshape(n, group, mg, oh * ow)
-    w_groups = weight.reshape(group, mg, cg * taps)
+    out = y.reshape(n, group, mg, cols_shape[1])
+    w_groups = weight.reshape(group, mg, depth)
     for i in range(n):
-        kernels.im2col_2d(src[i], cols, kh, kw, sh, sw, dh, dw, ph, pw, ow)
+        kernels.im2col_2d(src[i], cols, *im2col)
         for g in range(group):
-            np.matmul(w_groups[g], cols[g * cg * taps:(g + 1) * cg * taps], out=out[i, g])
+            np.matmul(w_groups[g], cols[g * depth:(g + 1) * depth], out=out[i, g])
     if bias is not None:
-        y += bias.reshape((1, m) + (1,) * geo.spatial)
+        out += bias.reshape(group, mg, 1)
     return y
 
 

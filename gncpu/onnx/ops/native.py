@@ -36,7 +36,7 @@ def unary(x, name):
     compute = native_dtype(x.dtype)
     src = np.ascontiguousarray(x, dtype=compute)
     out = np.empty(x.shape, compute) if src is x or not src.flags.owndata else src
-    kernels.unary(src.reshape(-1), out.reshape(-1), kernels.UNARY_CODES[name],
+    kernels.unary(src, out, kernels.UNARY_CODES[name],
                   threads_for(src.size, _TRANSCENDENTAL_WEIGHT))
     return out if compute == x.dtype else out.astype(x.dtype)
 
