@@ -6,7 +6,9 @@ For each tests/models/*.onnx made by an exporter (torch legacy, torch dynamo,
 tf2onnx), a feed is drawn from the declared input shape (symbolic dims: batch
 1, spatial 8, length 400) and the model is run by gncpu.onnx.InferenceSession
 (the embedded NumPy + gncpu engine, 2 threads) and by onnxruntime (2 intra-op
-threads), interleaved (gncpu, ort, gncpu, ...) so machine noise hits both.
+threads), interleaved (10 gncpu runs, 10 ort runs, ...) so machine noise hits
+both, with a 10 ms pause before each batch (onnxruntime's pool threads spin
+after a run and would take the next engine's cores).
 Medians are printed with the ratio gncpu / ort (lower is better) and the
 geometric mean over the models. Outputs are checked against each other.
 
@@ -53,16 +55,26 @@ def feed_for(path, rng):
     return feed
 
 
+# Each sample times BATCH back-to-back runs (what a service doing repeated runs sees),
+# after a pause: onnxruntime's pool threads spin for a while after a run and would
+# take the cores of whichever engine runs next.
+BATCH = 10
+PAUSE = 0.01
+
+
 def interleaved(fns, reps):
+    """Median seconds per run of each of `fns`, batches interleaved."""
     times = [[] for _ in fns]
     for fn in fns:
         fn()
         fn()
     for _ in range(reps):
         for slot, fn in enumerate(fns):
+            time.sleep(PAUSE)
             start = time.perf_counter()
-            fn()
-            times[slot].append(time.perf_counter() - start)
+            for _ in range(BATCH):
+                fn()
+            times[slot].append((time.perf_counter() - start) / BATCH)
     return [statistics.median(t) for t in times]
 
 

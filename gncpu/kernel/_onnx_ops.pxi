@@ -276,21 +276,25 @@ cdef void im2col_planes(const onnx_real* x, onnx_real* cols, Py_ssize_t c_count,
                 lo = min(lo, ow)
                 hi = max(lo, min(hi, ow))
                 for oy in range(oh):
+                    # Plain loops, not memcpy/memset: rows are short (tens of
+                    # elements), where a library call costs more than the copy.
                     out = cols + (row * oh + oy) * ow
                     iy = oy * sh - ph + ky * dh
                     if iy < 0 or iy >= h:
-                        memset(out, 0, ow * sizeof(onnx_real))
+                        for ox in range(ow):
+                            out[ox] = 0
                         continue
                     line = x + (c * h + iy) * w + ix0
-                    if lo > 0:
-                        memset(out, 0, lo * sizeof(onnx_real))
+                    for ox in range(lo):
+                        out[ox] = 0
                     if sw == 1:
-                        memcpy(out + lo, line + lo, (hi - lo) * sizeof(onnx_real))
+                        for ox in range(lo, hi):
+                            out[ox] = line[ox]
                     else:
                         for ox in range(lo, hi):
                             out[ox] = line[ox * sw]
-                    if hi < ow:
-                        memset(out + hi, 0, (ow - hi) * sizeof(onnx_real))
+                    for ox in range(hi, ow):
+                        out[ox] = 0
 
 
 def im2col_2d(cnp.ndarray x, cnp.ndarray cols, int kh, int kw, int sh, int sw, int dh, int dw, int ph, int pw,

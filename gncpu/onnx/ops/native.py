@@ -12,9 +12,10 @@ from ...kernel import kernels
 from .. import context
 from .derived import derived
 
-# One exp/erf costs about as much as copying 8 elements: thread a transcendental
-# op at 1/8 of the size at which a copy would be threaded.
-_TRANSCENDENTAL_WEIGHT = 8
+# An exp/erf evaluated in double costs several element copies: thread a
+# transcendental op at 1/4 of the size at which a copy would be threaded (32K
+# elements), which keeps each thread's share well above what waking a thread costs.
+_TRANSCENDENTAL_WEIGHT = 4
 
 
 def threads_for(elements, weight=1):
