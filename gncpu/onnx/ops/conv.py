@@ -349,6 +349,15 @@ def parallel_matmul(a, b):
     rows, depth = a.shape[-2], a.shape[-1]
     batch_a, batch_b = a.shape[:-2], b.shape[:-2]
     total = int(np.prod(batch_a, dtype=np.int64)) * rows * depth * b.shape[-1]
+    if total <= _MACS_PER_BLOCK:
+        # One block whatever the split below (each holds ~_MACS_PER_BLOCK): the same
+        # single product it would run, without building tasks.
+        if b.ndim == 2:
+            return np.matmul(a.reshape(-1, depth), b).reshape(a.shape[:-1] + (b.shape[1],))
+        batch = np.broadcast_shapes(batch_a, batch_b)
+        a_full = np.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
+        b_full = np.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+        return np.matmul(a_full, b_full).reshape(batch + (rows, b.shape[-1]))
     threads = split_count(total, _MIN_MACS_PER_THREAD)
     if b.ndim == 2:
         flat_a = a.reshape(-1, depth)
