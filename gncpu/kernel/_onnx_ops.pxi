@@ -11,6 +11,7 @@
 # and each row of Softmax or LayerNormalization is reduced by one thread in a
 # fixed order, so `threads` only decides who computes which rows.
 
+cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport erf as libm_erf, erfc as libm_erfc, exp as libm_exp, sqrt as libm_sqrt
 from libc.string cimport memcpy, memset
