@@ -8,6 +8,8 @@ The plan runs every node under np.errstate(all="ignore") (overflow to Inf and
 0/0 = NaN are what ONNX specifies), so the hot ops here do not set it
 themselves: entering np.errstate costs ~6 us, more than a small Add.
 """
+import functools
+
 import numpy as np
 
 from ..registry import register
@@ -290,12 +292,18 @@ _PLAIN_TYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "u
                 "float32", "float64"}
 
 
+@functools.lru_cache(maxsize=None)
+def _numpy_type(to):
+    """The NumPy dtype of ONNX element type `to` (onnx's lookup costs microseconds a call)."""
+    import onnx
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+
+
 def cast_to_type(x, to, saturate=1, round_mode="up"):
     """x cast to ONNX element type `to`. NumPy's astype covers the standard types;
     float8/float4/int4/bfloat16 and strings follow onnx's own conversion rules
     (saturation, rounding modes), which plain astype does not."""
-    import onnx
-    target = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    target = _numpy_type(to)
     if target.name in _PLAIN_TYPES and x.dtype.name in _PLAIN_TYPES:
         if target == x.dtype:
             return x.copy()
