@@ -20,6 +20,9 @@ Then the per-node dispatch cost of the embedded engine: a chain of 200
 Identity nodes (pure dispatch) and of 200 Adds of one-element tensors (dispatch
 plus the smallest NumPy call), in microseconds per node.
 
+The gncpu benchmarked is the one in this script's tree (set
+GNCPU_BENCH_INSTALLED=1 for the installed one); its path is printed first.
+
 --profile also prints, per model, the embedded engine's time per op type
 (InferenceSession.run_with_profile) summed over the runs.
 """
@@ -30,10 +33,17 @@ import statistics
 import time
 import warnings
 
+import sys
+
 import numpy as np
 
 THREADS = 2
-MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "models")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = os.path.join(ROOT, "tests", "models")
+if os.path.isdir(os.path.join(ROOT, "gncpu")) and "GNCPU_BENCH_INSTALLED" not in os.environ:
+    # Benchmark the tree this script is in (a script's own directory, bench/, is what
+    # Python puts first on sys.path, so an installed gncpu would win otherwise).
+    sys.path.insert(0, ROOT)
 EXPORTERS = ("torch_legacy_", "torch_dynamo_", "tf2onnx_")
 SYMBOLIC = {"N": 1, "H": 8, "W": 8, "L": 400}
 
@@ -134,6 +144,7 @@ def main(argv=None):
     for lib in threadpool_info():
         print(f"# {lib['user_api']}: {lib['internal_api']} {lib.get('version')} kernel={lib.get('architecture')}")
     from gncpu._config import config
+    print(f"# gncpu from {os.path.dirname(gncpu.__file__)}")
     print(f"# onnxruntime {ort.__version__}; gncpu " + ", ".join(f"{k}={v}" for k, v in config().items()
                                                               if k in ("kernel_variant", "cpu_supports")))
     print(f"# {THREADS} threads each, wall time per run over {args.reps} interleaved batches of {BATCH} runs")
