@@ -12,9 +12,8 @@ after a run and would take the next engine's cores).
 Printed per model, with the ratios gncpu / ort (lower is better) and their
 geometric means: the median and the best batch of wall time, and the median
 process CPU time per run (all threads: onnxruntime's pool threads, gncpu's
-OpenMP threads). On an oversubscribed machine the scheduler stretches long
-single-threaded bursts far more than a pool's short ones, so wall ratios there
-overstate the gap; CPU time measures the work. Outputs are checked against each other.
+OpenMP threads): on a shared machine wall times move with the load, CPU time
+less so. Outputs are checked against each other.
 
 Then the per-node dispatch cost of the embedded engine: a chain of 200
 Identity nodes (pure dispatch) and of 200 Adds of one-element tensors (dispatch
