@@ -7,6 +7,7 @@ reader it is, so intermediates are dropped as soon as nothing needs them.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import inspect
 import time
@@ -87,10 +88,17 @@ def topological_order(graph: Graph, outer: Set[str] = frozenset()) -> List[Node]
 
 @dataclass
 class Kernel:
-    """How one node runs: `run(args, env)` -> tuple of outputs."""
+    """How one node runs.
+
+    `call(*args)` is the fast form the plan uses: inputs positionally (None
+    for an absent optional one), attributes already bound; it returns an array
+    or a tuple of arrays. `run(args, env)` -> tuple of outputs is the general
+    form; control-flow kernels need it (`env` holds the enclosing scope), and
+    they set `call` to None."""
     kind: str                 # "native", "fallback" or "control"
     run: Callable
     label: str                # op type as reported in summaries and profiles
+    call: Optional[Callable] = None
 
 
 def _native_kernel(node: Node, entry: registry.OpEntry) -> Kernel:
@@ -98,12 +106,13 @@ def _native_kernel(node: Node, entry: registry.OpEntry) -> Kernel:
     attrs = dict(node.attrs)
     if entry.wants_output_count:
         attrs["_num_outputs"] = len(node.outputs)
+    call = functools.partial(fn, **attrs) if attrs else fn
 
     def run(args, env):
-        result = fn(*args, **attrs)
+        result = call(*args)
         return result if isinstance(result, tuple) else (result,)
 
-    return Kernel("native", run, node.op_type)
+    return Kernel("native", run, node.op_type, call)
 
 
 def _accepted_attributes(fn: Callable) -> Optional[set]:
@@ -151,12 +160,12 @@ def _reference_kernel(node: Node, opsets: Dict[str, int]) -> Optional[Kernel]:
         return None
     names = [name for name in node.inputs]
 
-    def run(args, env):
+    def call(*args):
         feeds = {name: value for name, value in zip(names, args) if name}
         outputs = evaluator.run(None, feeds)
         return tuple(np.asarray(o) if o is not None and not isinstance(o, list) else o for o in outputs)
 
-    return Kernel("fallback", run, node.op_type)
+    return Kernel("fallback", lambda args, env: call(*args), node.op_type, call)
 
 
 def native_covers(entry: Optional[registry.OpEntry], node: Node) -> bool:
@@ -199,8 +208,17 @@ class Step:
     free_after: List[str] = field(default_factory=list)
 
 
+# Slot 0 of a plan's value list always holds None: absent optional inputs read it.
+_ABSENT = 0
+
+
 class Plan:
-    """Runs a validated graph (or subgraph, reading `outer` names from the caller)."""
+    """Runs a validated graph (or subgraph, reading `outer` names from the caller).
+
+    At load every tensor name gets a slot in a list, and every step becomes a
+    flat record (call, input slots, output slots, slots to free, step), so a
+    run does list indexing and one call per node: no dictionary lookups, no
+    attribute handling (see bench/bench_onnx_models.py for the cost per node)."""
 
     def __init__(self, graph: Graph, outer: Set[str] = frozenset()):
         self.graph = graph
@@ -208,6 +226,7 @@ class Plan:
         self.steps = [Step(node, bind_kernel(node, graph.opsets, set(outer) | _defined(graph))) for node in order]
         self.output_names = [v.name for v in graph.outputs]
         self._assign_frees()
+        self._compile()
 
     def _assign_frees(self) -> None:
         keep = set(self.output_names)
@@ -224,35 +243,101 @@ class Plan:
             if name not in keep and name not in self.graph.initializers:
                 self.steps[index].free_after.append(name)
 
-    def execute(self, env: Dict[str, object], wanted: Optional[Sequence[str]] = None,
-                on_step: Optional[Callable] = None) -> Dict[str, object]:
-        """Run every step on `env` (feeds + outer values), mutating it. `on_step`
-        is called as on_step(step, seconds) after each node."""
-        keep = set(wanted or ()) | set(self.output_names)
+    def _compile(self) -> None:
+        slots: Dict[str, int] = {"": _ABSENT}
+
+        def slot(name):
+            return slots.setdefault(name, len(slots))
+
+        initializers = self.graph.initializers
+        for name in initializers:
+            slot(name)
+        self._template = [None] * len(slots)
+        for name, index in slots.items():
+            if name:
+                self._template[index] = initializers[name]
+        # Names the caller's env supplies: graph inputs and whatever the steps read from outside.
+        produced = {name for step in self.steps for name in step.node.outputs if name}
+        external = [v.name for v in self.graph.inputs]
+        for step in self.steps:
+            external += [name for name in node_reads(step.node) if name not in produced and name not in initializers]
+        self._external = [(name, slot(name)) for name in dict.fromkeys(external)]
+        self._records = []
         for step in self.steps:
             node = step.node
-            args = [env[name] if name else None for name in node.inputs]
-            start = time.perf_counter() if on_step is not None else 0.0
+            ins = tuple(slot(name) if name else _ABSENT for name in node.inputs)
+            outs = tuple(slot(name) if name else _ABSENT for name in node.outputs) or (_ABSENT,)
+            frees = tuple(slot(name) for name in step.free_after)
+            scope = None
+            if step.kernel.call is None:  # control flow: its kernel reads the enclosing scope by name
+                scope = tuple((name, slot(name)) for name in sorted(subgraph_reads(node)))
+            named = sum(1 for name in node.outputs if name)
+            self._records.append((step.kernel.call, ins, outs, frees, scope, named, step))
+        self._slots = slots
+        self._template += [None] * (len(slots) - len(self._template))
+        self._freed_externals = {name for step in self.steps for name in step.free_after
+                                 if name in dict(self._external)}
+
+    def execute(self, env: Dict[str, object], wanted: Optional[Sequence[str]] = None,
+                on_step: Optional[Callable] = None) -> Dict[str, object]:
+        """Run every step on `env` (feeds + outer values), mutating it: graph
+        outputs and `wanted` names are added, inputs whose last reader ran are
+        removed. `on_step` is called as on_step(step, seconds) after each node."""
+        values = self._template.copy()
+        for name, index in self._external:
+            values[index] = env.get(name)
+        extra = [(name, self._slots[name]) for name in (wanted or ())
+                 if name not in self.output_names and name in self._slots]
+        protected = frozenset(index for _, index in extra)
+        with np.errstate(all="ignore"):  # once per run, not per op call (1-6 us each)
+            self._run_records(values, protected, on_step)
+        for name in self._freed_externals:
+            if self._slots[name] not in protected:
+                env.pop(name, None)
+        for name in self.output_names:
+            env[name] = values[self._slots[name]]
+        for name, index in extra:
+            env[name] = values[index]
+        return env
+
+    def _run_records(self, values, protected, on_step):
+        clock = time.perf_counter
+        for call, ins, outs, frees, scope, named, step in self._records:
+            args = [values[i] for i in ins]
+            start = clock() if on_step is not None else 0.0
             try:
-                results = step.kernel.run(args, env)
+                if scope is None:
+                    result = call(*args)
+                else:
+                    result = step.kernel.run(args, {name: values[i] for name, i in scope})
             except NodeExecutionError:
                 raise
             except Exception as exc:
-                shapes = ", ".join(f"{name}: {_describe_value(v)}" for name, v in zip(node.inputs, args) if name)
-                raise NodeExecutionError(
-                    f"{node.describe()} failed on inputs ({shapes}): {type(exc).__name__}: {exc}") from exc
-            if len(results) < sum(1 for name in node.outputs if name):
-                raise NodeExecutionError(
-                    f"{node.describe()} returned {len(results)} outputs, the node names {len(node.outputs)}")
-            for name, value in zip(node.outputs, results):
-                if name:
-                    env[name] = value
+                raise _node_error(step.node, args, exc) from exc
+            if type(result) is tuple:
+                if len(result) < named:
+                    raise _count_error(step.node, len(result), named)
+                for index, value in zip(outs, result):
+                    values[index] = value
+            elif named > 1:
+                raise _count_error(step.node, 1, named)
+            else:
+                values[outs[0]] = result
+            values[_ABSENT] = None  # an unnamed output may have landed there
             if on_step is not None:
-                on_step(step, time.perf_counter() - start)
-            for name in step.free_after:
-                if name not in keep:
-                    env.pop(name, None)
-        return env
+                on_step(step, clock() - start)
+            for index in frees:
+                if index not in protected:
+                    values[index] = None
+
+
+def _count_error(node: Node, returned: int, named: int) -> NodeExecutionError:
+    return NodeExecutionError(f"{node.describe()} returned {returned} outputs, the node names {named}")
+
+
+def _node_error(node: Node, args, exc: Exception) -> NodeExecutionError:
+    shapes = ", ".join(f"{name}: {_describe_value(v)}" for name, v in zip(node.inputs, args) if name)
+    return NodeExecutionError(f"{node.describe()} failed on inputs ({shapes}): {type(exc).__name__}: {exc}")
 
 
 def _defined(graph: Graph) -> Set[str]:
@@ -318,7 +403,8 @@ def _try_fold(node: Node, known: Dict[str, np.ndarray], graph: Graph, static_sha
         return None
     try:
         args = [known[name] if name else None for name in node.inputs]
-        results = kernel.run(args, {})
+        with np.errstate(all="ignore"):
+            results = kernel.run(args, {})
     except Exception:
         # A node that fails on constants fails at run time too, with the node-named error there.
         return None

@@ -10,6 +10,7 @@ that single node (listed once in a warning).
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -423,6 +424,11 @@ def _default_threads():
     return get_num_threads()
 
 
+@functools.lru_cache(maxsize=None)
+def _blas_libraries(controller):
+    return tuple(controller.select(user_api="blas").lib_controllers)
+
+
 class _SingleThreadedBlas:
     """Hold BLAS to one thread while any session run is under way in this process.
 
@@ -433,18 +439,20 @@ class _SingleThreadedBlas:
     the first run in set the limit and the last run out lift it."""
     _lock = threading.Lock()
     _active = 0
-    _limiter = None
+    _saved = None
 
     def __init__(self, controller):
-        self._controller = controller
+        # The BLAS libraries' own controllers, called directly: threadpoolctl's
+        # limit() re-inspects every library per call (~9 us a run; this is ~1.5 us).
+        self._blas = _blas_libraries(controller)
 
     def __enter__(self):
         cls = type(self)
         with cls._lock:
             if cls._active == 0:
-                _release_blas_control(self._controller)
-                cls._limiter = self._controller.limit(limits=1, user_api="blas")
-                _release_blas_control(self._controller)
+                cls._saved = [(lib, lib.get_num_threads()) for lib in self._blas]
+                for lib, _ in cls._saved:
+                    _set_blas_threads(lib, 1)
             cls._active += 1
         return self
 
@@ -453,9 +461,14 @@ class _SingleThreadedBlas:
         with cls._lock:
             cls._active -= 1
             if cls._active == 0:
-                _lift(cls._limiter, self._controller)
-                cls._limiter = None
+                cls._restore()
         return False
+
+    @classmethod
+    def _restore(cls):
+        for lib, threads in cls._saved or ():
+            _set_blas_threads(lib, threads)
+        cls._saved = None
 
     @classmethod
     def _reset_in_forked_child(cls):
@@ -464,28 +477,26 @@ class _SingleThreadedBlas:
         start from no runs, with BLAS's limit lifted as the last run out would."""
         cls._lock = threading.Lock()
         if cls._active:
-            _lift(cls._limiter, _controller)
-        cls._active, cls._limiter = 0, None
+            cls._restore()
+        cls._active = 0
 
 
-def _release_blas_control(controller):
-    """threadpoolctl (3.8+) lets only the Python thread that first set
-    OpenBLAS's (process-wide) thread count set it again while that thread
-    lives: a limit set from any other thread is silently ignored, and BLAS then
-    splits products over its threads (changing their last bits). Runs start
-    and finish in whichever thread calls run(), and _SingleThreadedBlas already
-    arbitrates between them: release that control around each change, so the
-    change takes effect from any thread and leaves no thread holding it."""
-    for library in controller.lib_controllers:
-        release = getattr(library, "clear_controlling_thread", None)
-        if release is not None:
-            release(force=True)
+def _set_blas_threads(lib, threads):
+    """lib.set_num_threads(threads), from whichever Python thread calls it.
 
-
-def _lift(limiter, controller):
-    _release_blas_control(controller)
-    limiter.restore_original_limits()
-    _release_blas_control(controller)
+    threadpoolctl (3.8+) lets only the Python thread that first set OpenBLAS's
+    (process-wide) thread count set it again while that thread lives: a limit
+    set from any other thread is silently ignored, and BLAS then splits
+    products over its threads (changing their last bits). Runs start and finish
+    in whichever thread calls run(), and _SingleThreadedBlas already arbitrates
+    between them: release that control around each change, so the change takes
+    effect from any thread and leaves no thread holding it."""
+    release = getattr(lib, "clear_controlling_thread", None)
+    if release is not None:
+        release(force=True)
+    lib.set_num_threads(threads)
+    if release is not None:
+        release(force=True)
 
 
 if hasattr(os, "register_at_fork"):

@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 
+from ...kernel import kernels
 from ..registry import register
 from .derived import as_dtype
 from .parallel import run_tasks, split_count
@@ -72,46 +73,123 @@ def _padded(x, begins, ends, dtype):
     return out
 
 
+class _ConvGeometry:
+    """What a Conv call with given shapes and attributes does, worked out once."""
+    __slots__ = ("spatial", "kernel", "strides", "dilations", "begins", "ends", "out_dims", "dtype", "path",
+                 "small")
+
+
+# (shapes, dtype, attributes) -> _ConvGeometry: a run then skips the validation and
+# pad/size arithmetic (tens of microseconds of Python, more than a small conv's math).
+_geometries = {}
+_MAX_GEOMETRIES = 1024
+
+
 @register("Conv", 1)
 @register("Conv", 11)
 @register("Conv", 22)
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
-    if x.ndim < 3 or w.ndim != x.ndim:
-        raise ValueError(f"Conv: input rank {x.ndim} and weight rank {w.ndim} must be equal and >= 3")
-    spatial = x.ndim - 2
-    kernel = tuple(w.shape[2:])
-    if kernel_shape is not None and tuple(kernel_shape) != kernel:
-        raise ValueError(f"Conv: kernel_shape={list(kernel_shape)} disagrees with weight shape {w.shape}")
-    strides = list(strides) if strides else [1] * spatial
-    dilations = list(dilations) if dilations else [1] * spatial
-    n, c = x.shape[:2]
-    m = w.shape[0]
-    if c % group or m % group or w.shape[1] * group != c:
-        raise ValueError(f"Conv: group={group} does not fit input channels {c} and weight shape {w.shape}")
-    begins, ends = conv_pads(auto_pad, pads, x.shape[2:], kernel, strides, dilations)
-    out_dims = tuple((size + bp + ep - d * (k - 1) - 1) // s + 1
-                     for size, bp, ep, k, s, d in zip(x.shape[2:], begins, ends, kernel, strides, dilations))
-    if any(o <= 0 for o in out_dims):
-        raise ValueError(f"Conv: output spatial size {out_dims} is empty for input {x.shape}, kernel {kernel}")
-    dtype = _compute_dtype(x.dtype)
+    key = (x.shape, w.shape, x.dtype, group, auto_pad, dilations and tuple(dilations),
+           kernel_shape and tuple(kernel_shape), pads and tuple(pads), strides and tuple(strides))
+    geo = _geometries.get(key)
+    if geo is None:
+        geo = _conv_geometry(x, w, auto_pad, dilations, group, kernel_shape, pads, strides)
+        if len(_geometries) >= _MAX_GEOMETRIES:
+            _geometries.clear()
+        _geometries[key] = geo
+    dtype = geo.dtype
     weight = as_dtype(w, dtype)
     bias = as_dtype(b, dtype)
-    xp = _padded(x, begins, ends, dtype)
-
-    if group == c and group == m and group > 1:
-        y = _depthwise(xp, weight, out_dims, strides, dilations)
+    n, m = x.shape[0], w.shape[0]
+    if geo.path == "small":
+        y = _conv_small(x, weight, bias, group, geo)
+        return y if y.dtype == x.dtype else y.astype(x.dtype)
+    xp = _padded(x, geo.begins, geo.ends, dtype)
+    if geo.path == "depthwise":
+        y = _depthwise(xp, weight, geo.out_dims, geo.strides, geo.dilations)
         if bias is not None:
-            y += bias.reshape((1, m) + (1,) * spatial)
+            y += bias.reshape((1, m) + (1,) * geo.spatial)
         return y.astype(x.dtype, copy=False)
-
-    y = np.empty((n, m) + out_dims, dtype=dtype)
-    winograd = winograd_applies(x, weight, group, strides, dilations, out_dims)
+    y = np.empty((n, m) + geo.out_dims, dtype=dtype)
     for i in range(n):
-        if winograd:
-            conv3x3_winograd(xp[i], weight, bias, out_dims, y[i])
+        if geo.path == "winograd":
+            conv3x3_winograd(xp[i], weight, bias, geo.out_dims, y[i])
         else:
-            _conv_windows(xp[i], weight, bias, group, kernel, strides, dilations, out_dims, y[i])
+            _conv_windows(xp[i], weight, bias, group, geo.kernel, geo.strides, geo.dilations, geo.out_dims, y[i])
     return y.astype(x.dtype, copy=False)
+
+
+def _conv_geometry(x, w, auto_pad, dilations, group, kernel_shape, pads, strides):
+    if x.ndim < 3 or w.ndim != x.ndim:
+        raise ValueError(f"Conv: input rank {x.ndim} and weight rank {w.ndim} must be equal and >= 3")
+    geo = _ConvGeometry()
+    geo.spatial = spatial = x.ndim - 2
+    geo.kernel = kernel = tuple(w.shape[2:])
+    if kernel_shape is not None and tuple(kernel_shape) != kernel:
+        raise ValueError(f"Conv: kernel_shape={list(kernel_shape)} disagrees with weight shape {w.shape}")
+    geo.strides = list(strides) if strides else [1] * spatial
+    geo.dilations = list(dilations) if dilations else [1] * spatial
+    c, m = x.shape[1], w.shape[0]
+    if c % group or m % group or w.shape[1] * group != c:
+        raise ValueError(f"Conv: group={group} does not fit input channels {c} and weight shape {w.shape}")
+    geo.begins, geo.ends = conv_pads(auto_pad, pads, x.shape[2:], kernel, geo.strides, geo.dilations)
+    geo.out_dims = tuple((size + bp + ep - d * (k - 1) - 1) // s + 1 for size, bp, ep, k, s, d
+                         in zip(x.shape[2:], geo.begins, geo.ends, kernel, geo.strides, geo.dilations))
+    if any(o <= 0 for o in geo.out_dims):
+        raise ValueError(f"Conv: output spatial size {geo.out_dims} is empty for input {x.shape}, kernel {kernel}")
+    geo.dtype = _compute_dtype(x.dtype)
+    macs = m * (c // group) * int(np.prod(kernel)) * int(np.prod(geo.out_dims))
+    if group == c and group == m and group > 1:
+        geo.path = "depthwise"
+    elif spatial <= 2 and macs <= _SMALL_CONV_MACS:
+        geo.path = "small"
+        geo.small = _small_geometry(x, w, group, geo)
+    elif winograd_applies(x, w, group, geo.strides, geo.dilations, geo.out_dims):
+        geo.path = "winograd"
+    else:
+        geo.path = "windows"
+    return geo
+
+
+# Per sample, a conv this small runs as one im2col (compiled) and one matmul per
+# group on the calling thread: below two threads' worth of work (see
+# _MIN_MACS_PER_THREAD) the blocked path would run one block on one thread too,
+# after tens of microseconds of NumPy calls building padded and phase planes.
+# Which path runs depends on the shape alone, so results stay the same for
+# every thread count.
+_SMALL_CONV_MACS = 1 << 22
+
+
+def _small_geometry(x, w, group, geo):
+    """The im2col arguments of a 1-D or 2-D conv, as a 2-D one (height 1 for 1-D)."""
+    def as_2d(dims, fill=1):
+        return ((fill,) if geo.spatial == 1 else ()) + tuple(int(d) for d in dims)
+
+    c, m = x.shape[1], w.shape[0]
+    (kh, kw), (oh, ow) = as_2d(geo.kernel), as_2d(geo.out_dims)
+    im2col = as_2d(geo.kernel) + as_2d(geo.strides) + as_2d(geo.dilations) + as_2d(geo.begins, 0) + (oh, ow)
+    return (as_2d(x.shape[2:]), im2col, (c * kh * kw, oh * ow), c // group * kh * kw, m // group)
+
+
+def _conv_small(x, weight, bias, group, geo):
+    """1-D and 2-D convs: columns straight from the unpadded input (the kernel
+    zero-fills what falls in the pads), then W_g @ columns into y."""
+    (in_h, in_w), im2col, cols_shape, depth, mg = geo.small
+    n, c, m = x.shape[0], x.shape[1], weight.shape[0]
+    src = x.reshape(n, c, in_h, in_w)
+    if src.dtype != geo.dtype or not src.flags.c_contiguous:
+        src = np.ascontiguousarray(src, dtype=geo.dtype)
+    cols = np.empty(cols_shape, geo.dtype)
+    y = np.empty((n, m) + geo.out_dims, dtype=geo.dtype)
+    out = y.reshape(n, group, mg, cols_shape[1])
+    w_groups = weight.reshape(group, mg, depth)
+    for i in range(n):
+        kernels.im2col_2d(src[i], cols, *im2col)
+        for g in range(group):
+            np.matmul(w_groups[g], cols[g * depth:(g + 1) * depth], out=out[i, g])
+    if bias is not None:
+        out += bias.reshape(group, mg, 1)
+    return y
 
 
 # Work is cut into blocks whose bounds depend only on the problem's shape, never on
@@ -271,6 +349,15 @@ def parallel_matmul(a, b):
     rows, depth = a.shape[-2], a.shape[-1]
     batch_a, batch_b = a.shape[:-2], b.shape[:-2]
     total = int(np.prod(batch_a, dtype=np.int64)) * rows * depth * b.shape[-1]
+    if total <= _MACS_PER_BLOCK:
+        # One block whatever the split below (each holds ~_MACS_PER_BLOCK): the same
+        # single product it would run, without building tasks.
+        if b.ndim == 2:
+            return np.matmul(a.reshape(-1, depth), b).reshape(a.shape[:-1] + (b.shape[1],))
+        batch = np.broadcast_shapes(batch_a, batch_b)
+        a_full = np.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
+        b_full = np.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+        return np.matmul(a_full, b_full).reshape(batch + (rows, b.shape[-1]))
     threads = split_count(total, _MIN_MACS_PER_THREAD)
     if b.ndim == 2:
         flat_a = a.reshape(-1, depth)

@@ -7,6 +7,7 @@ in their sums) and as mean-then-centered variance, never E[x^2] - E[x]^2.
 import numpy as np
 
 from ..registry import register
+from . import native
 
 
 def _work_dtype(x):
@@ -26,16 +27,29 @@ def _flattened(x, axis):
     return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
 
 
+def _axis(axis, rank, op):
+    if not -rank <= axis < max(rank, 1):
+        raise ValueError(f"{op}: axis={axis} is out of range for an input of rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
 @register("Softmax", 1)
 @register("Softmax", 11)
 def softmax_legacy(x, *, axis=1):
-    return _softmax_along(_flattened(x, axis).astype(_work_dtype(x)), 1).reshape(x.shape).astype(x.dtype, copy=False)
+    # Before opset 13 Softmax coerced the input to 2-D at `axis`: one row per leading index.
+    axis = _axis(axis, x.ndim, "Softmax")
+    if native.native_dtype(x.dtype) is None:
+        return _softmax_along(_flattened(x, axis).astype(_work_dtype(x)), 1).reshape(x.shape).astype(x.dtype)
+    return native.softmax(_flattened(x, axis), 1).reshape(x.shape)
 
 
 @register("Softmax", 13)
 def softmax(x, *, axis=-1):
-    with np.errstate(invalid="ignore", over="ignore"):
+    """Native for floating-point inputs: within 1 float32 ulp of float64 (see native.py)."""
+    axis = _axis(axis, x.ndim, "Softmax")
+    if native.native_dtype(x.dtype) is None:
         return _softmax_along(x.astype(_work_dtype(x)), axis).astype(x.dtype, copy=False)
+    return native.softmax(x, axis)
 
 
 def _log_softmax_along(x, axis):
@@ -65,7 +79,18 @@ def hardmax(x, *, axis=-1):
 
 @register("LayerNormalization", 17)
 def layer_normalization(x, scale, bias=None, *, axis=-1, epsilon=1e-5, stash_type=1):
-    axis = axis + x.ndim if axis < 0 else axis
+    """Native for floating-point inputs: statistics in float64 whatever
+    stash_type says (float32 stashing only loses digits), two-pass, so stable
+    at large offsets; Mean and InvStdDev returned in the stash type."""
+    axis = _axis(axis, x.ndim, "LayerNormalization")
+    if native.native_dtype(x.dtype) is not None:
+        y, mean, rstd = native.layer_norm(x, scale, bias, axis, epsilon)
+        stash = np.float64 if stash_type == 11 else np.float32
+        return y, mean.astype(stash), rstd.astype(stash)
+    return _layer_normalization_numpy(x, scale, bias, axis, epsilon, stash_type)
+
+
+def _layer_normalization_numpy(x, scale, bias, axis, epsilon, stash_type):
     axes = tuple(range(axis, x.ndim))
     work = x.astype(np.float64 if stash_type == 11 else _work_dtype(x), copy=False)
     mean = np.mean(work, axis=axes, keepdims=True)
