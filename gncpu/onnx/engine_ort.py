@@ -35,7 +35,7 @@ from onnx import numpy_helper
 
 from .errors import InvalidModelError, NodeExecutionError
 from .graph import Graph, node_to_proto, tensor_dtype
-from .partition import Claimed, Part, Region, describe_partition, partition_graph
+from .partition import Claimed, Part, Region, describe_partition, is_group_norm, partition_graph
 from .plan import Kernel, _describe_value, bind_kernel, node_reads
 
 # How onnxruntime's workers wait for work: policy -> (allow_spinning, force_spinning_stop).
@@ -89,6 +89,11 @@ class OrtEngine:
         steps = [self._region_step(p) if isinstance(p, Region) else self._claimed_step(p) for p in self.parts]
         _assign_frees(steps, set(self.output_names))
         self.steps = steps
+        # Outputs that are always new buffers: onnxruntime never hands back a feed's or a
+        # weight's memory (its outputs are its own), nor does a GroupNorm kernel.
+        self.fresh_outputs = frozenset(
+            name for p in self.parts if isinstance(p, Region) or is_group_norm(p.node)
+            for name in (p.outputs if isinstance(p, Region) else p.node.outputs) if name)
 
     # ------------------------------------------------------------------ load
     def _session_options(self):
@@ -104,10 +109,15 @@ class OrtEngine:
         return options
 
     def _region_step(self, region: Region) -> Step:
-        model = self._region_model(region)
         try:
-            session = self._ort.InferenceSession(model.SerializeToString(), self._session_options(),
-                                                 providers=["CPUExecutionProvider"])
+            model = self._region_model(region).SerializeToString()
+        except InvalidModelError:
+            raise
+        except Exception as exc:  # a corrupt attribute (a name that is not UTF-8, a bad tensor)
+            raise InvalidModelError(f"cannot rebuild {region.describe()} for onnxruntime (corrupt node "
+                                    f"attribute?): {type(exc).__name__}: {exc}") from exc
+        try:
+            session = self._ort.InferenceSession(model, self._session_options(), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             ops = sorted({(f"{n.domain}::" if n.domain else "") + n.op_type for n in region.nodes})
             raise InvalidModelError(

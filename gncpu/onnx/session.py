@@ -333,7 +333,7 @@ class InferenceSession:
             # GroupNorm kernels take the session's thread count; onnxruntime has its own.
             with context.using_threads(self._num_threads, 1):
                 env = self._ort.execute(feeds, on_step)
-            return self._collect(names, env, feeds)
+            return self._collect(names, env, feeds, self._ort.fresh_outputs)
         env = dict(self._graph.initializers)
         env.update(feeds)
         if self._threadpools is not None:
@@ -347,11 +347,12 @@ class InferenceSession:
             env = self._plan.execute(env, names, on_step)
         return self._collect(names, env, feeds)
 
-    def _collect(self, names, env, feeds) -> list:
+    def _collect(self, names, env, feeds, fresh=frozenset()) -> list:
+        """The outputs `names` from `env`; those in `fresh` are known to be new buffers."""
         results = []
         for name in names:
             value = env[name]
-            if isinstance(value, np.ndarray) and self._aliases_held_buffer(value, feeds):
+            if name not in fresh and isinstance(value, np.ndarray) and self._aliases_held_buffer(value, feeds):
                 value = value.copy()  # never hand out the session's or the caller's buffers
             results.append(value)
         self._last_output_shapes = {name: np.shape(v) for name, v in zip(names, results)}
