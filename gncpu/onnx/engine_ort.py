@@ -26,6 +26,7 @@ that runs next. `bench/bench_onnx.py --spin-policies` times the alternatives.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -37,6 +38,7 @@ from .errors import InvalidModelError, NodeExecutionError
 from .graph import Graph, node_to_proto, tensor_dtype
 from .partition import Claimed, Part, Region, describe_partition, is_group_norm, partition_graph
 from .plan import Kernel, _describe_value, bind_kernel, node_reads
+from .region_cost import SMALL_REGION_WORK, region_work
 
 # How onnxruntime's workers wait for work: policy -> (allow_spinning, force_spinning_stop).
 SPIN_POLICIES = {"during_run": ("1", "1"), "off": ("0", "1"), "always": ("1", "0")}
@@ -69,6 +71,7 @@ class Step:
         self.part = part
         self.kernel = kernel          # kind "onnxruntime" or "native"/"control"; label for profiles
         self.run = run
+        self.threads = None           # a region's intra-op threads (None: chosen per input shape)
         self.free_after = free_after  # crossing tensors no later part reads
 
 
@@ -80,6 +83,7 @@ class OrtEngine:
         self.spin_policy = SPIN_POLICY if spin_policy is None else spin_policy
         self.parts = partition_graph(graph)
         self._types = _known_types(graph)
+        self._shape_models: Dict[int, onnx.ModelProto] = {}  # per region, for region_work
         self.output_names = [v.name for v in graph.outputs]
         # What the run dict starts with: the weights claimed nodes read (GroupNorm
         # scale/bias, If/Loop bodies' outer reads) and graph outputs that are constants.
@@ -96,19 +100,20 @@ class OrtEngine:
             for name in (p.outputs if isinstance(p, Region) else p.node.outputs) if name)
 
     # ------------------------------------------------------------------ load
-    def _session_options(self):
+    def _session_options(self, threads: int):
         options = self._ort.SessionOptions()
-        options.intra_op_num_threads = self.num_threads
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 4  # its load and run errors come back as exceptions, which gncpu re-raises naming the region
+        options.log_severity_level = 4  # load and run errors come back as exceptions, re-raised naming the region
         allow, force_stop = SPIN_POLICIES[self.spin_policy]
         options.add_session_config_entry("session.intra_op.allow_spinning", allow)
         options.add_session_config_entry("session.inter_op.allow_spinning", allow)
         options.add_session_config_entry("session.force_spinning_stop", force_stop)
         return options
 
-    def _region_step(self, region: Region) -> Step:
+    def _region_session(self, region: Region, threads: int):
+        """A new onnxruntime session for `region` on `threads` threads; returns its run binding."""
         try:
             model = self._region_model(region).SerializeToString()
         except InvalidModelError:
@@ -117,22 +122,67 @@ class OrtEngine:
             raise InvalidModelError(f"cannot rebuild {region.describe()} for onnxruntime (corrupt node "
                                     f"attribute?): {type(exc).__name__}: {exc}") from exc
         try:
-            session = self._ort.InferenceSession(model, self._session_options(), providers=["CPUExecutionProvider"])
+            session = self._ort.InferenceSession(model, self._session_options(threads),
+                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             ops = sorted({(f"{n.domain}::" if n.domain else "") + n.op_type for n in region.nodes})
             raise InvalidModelError(
                 f"onnxruntime cannot load {region.describe()}, ops {ops}: {type(exc).__name__}: {exc}; "
                 f'engine="gncpu" runs the model without onnxruntime') from exc
         for out in session.get_outputs():
-            self._types[out.name] = (_dtype_of_type_string(out.type), _static_dims(out.shape))
-        run_binding = getattr(session, "_sess", session).run
+            self._types.setdefault(out.name, (_dtype_of_type_string(out.type), _static_dims(out.shape)))
+        return getattr(session, "_sess", session).run
+
+    def _threads_for(self, region: Region, shapes) -> int:
+        """The session's thread count, or 1 for a region too small to pay for a pool
+        (gncpu.onnx.region_cost)."""
+        if self.num_threads == 1:
+            return 1
+        if region.index not in self._shape_models:
+            self._shape_models[region.index] = self._region_model(region, weights=False)
+        work = region_work(self._shape_models[region.index], dict(zip(region.inputs, shapes)))
+        return 1 if work < SMALL_REGION_WORK else self.num_threads
+
+    def _region_step(self, region: Region) -> Step:
         inputs, outputs = list(region.inputs), list(region.outputs)
         label = region.describe()
+        static = [self._types.get(name, (None, None))[1] for name in inputs]
+        by_threads: Dict[int, Callable] = {}
+        lock = threading.Lock()
+
+        def binding_for(threads):
+            with lock:
+                if threads not in by_threads:
+                    by_threads[threads] = self._region_session(region, threads)
+                return by_threads[threads]
+
+        if all(shape is not None and None not in shape for shape in static):
+            # Shapes fixed at load: one session, its thread count chosen now.
+            fixed = binding_for(self._threads_for(region, static))
+            choose = None
+            threads = next(iter(by_threads))
+        else:
+            # Shapes known only per run: a session on all threads now (it also tells the types
+            # later regions read), the thread count chosen per input-shape signature.
+            fixed = None
+            binding_for(self.num_threads)
+            chosen: Dict[tuple, Callable] = {}
+            threads = None  # chosen per run
+
+            def choose(shapes):
+                if len(chosen) > 256:  # a service seeing ever new shapes: forget, re-estimate
+                    chosen.clear()
+                binding = chosen[shapes] = binding_for(self._threads_for(region, shapes))
+                return binding
 
         def run(env):
             feeds = {name: env[name] for name in inputs}
+            binding = fixed
+            if binding is None:
+                shapes = tuple(np.shape(v) for v in feeds.values())
+                binding = chosen.get(shapes) or choose(shapes)
             try:
-                results = run_binding(outputs, feeds, None)
+                results = binding(outputs, feeds, None)
             except Exception as exc:
                 shapes = ", ".join(f"{name}: {_describe_value(v)}" for name, v in feeds.items())
                 raise NodeExecutionError(f"{label} failed in onnxruntime on inputs ({shapes}): "
@@ -140,9 +190,13 @@ class OrtEngine:
             for name, value in zip(outputs, results):
                 env[name] = value
 
-        return Step(region, Kernel("onnxruntime", None, label), run, [])
+        step = Step(region, Kernel("onnxruntime", None, label), run, [])
+        step.threads = threads
+        return step
 
-    def _region_model(self, region: Region) -> onnx.ModelProto:
+    def _region_model(self, region: Region, weights: bool = True) -> onnx.ModelProto:
+        """The region as a model: its inputs typed, its weights as initializers (weights=False:
+        weights over 1024 elements become typed inputs instead, for shape inference)."""
         inputs = []
         for name in region.inputs:
             dtype, shape = self._types.get(name, (None, None))
@@ -153,8 +207,14 @@ class OrtEngine:
             inputs.append(onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(dtype),
                                                              shape))
         outputs = [onnx.ValueInfoProto(name=name) for name in region.outputs]  # onnxruntime infers them
-        initializers = [numpy_helper.from_array(np.asarray(self.graph.initializers[name]), name)
-                        for name in region.initializers]
+        initializers = []
+        for name in region.initializers:
+            value = np.asarray(self.graph.initializers[name])
+            if weights or value.size <= 1024:
+                initializers.append(numpy_helper.from_array(value, name))
+            else:
+                inputs.append(onnx.helper.make_tensor_value_info(
+                    name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape))
         body = onnx.helper.make_graph([node_to_proto(n) for n in region.nodes], f"region_{region.index}",
                                       inputs, outputs, initializer=initializers)
         opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in self.graph.opsets.items()
@@ -225,7 +285,7 @@ class OrtEngine:
             {"kind": "gncpu", "label": p.node.describe(), "nodes": 1,
              "inputs": [n for n in p.node.inputs if n], "outputs": [n for n in p.node.outputs if n]}
             for p in self.parts]
-        info["region_sessions"] = sum(isinstance(p, Region) for p in self.parts)
+        info["region_threads"] = [s.threads for s in self.steps if isinstance(s.part, Region)]
         info["intra_op_num_threads"] = self.num_threads
         info["spin_policy"] = self.spin_policy
         return info

@@ -441,7 +441,8 @@ def _partition_lines(info: dict) -> List[str]:
              f"({', '.join(map(str, sizes)) or 'none'}), {info['claimed_group_norms']} GroupNorm on gncpu"
              + (f", {info['claimed_control_flow']} If/Loop holding GroupNorm on gncpu"
                 if info["claimed_control_flow"] else "")
-             + f"; onnxruntime intra_op_num_threads={info['intra_op_num_threads']}"]
+             + f"; onnxruntime intra_op_num_threads={info['intra_op_num_threads']} "
+               f"(per region: {', '.join('per shape' if t is None else str(t) for t in info['region_threads'])})"]
     return lines
 
 
