@@ -11,16 +11,18 @@
    interleaved in one run at 2 threads: plain onnxruntime on the file,
    gncpu.onnx.InferenceSession(engine="onnxruntime") (GroupNorm on gncpu,
    the rest in onnxruntime) and engine="gncpu" (the embedded NumPy engine).
-   Columns: ratio to plain onnxruntime (median and best of the repeats), the
+   Columns: ratio to plain onnxruntime (median of per-round ratios, and the
+   ratio of the best samples), the
    share of each engine's time in GroupNorm nodes, and the split (regions /
    GroupNorms). Geomeans close the table.
 2. (--gn-alone) The GroupNorm + SiLU alone, as exported: the legacy pattern
    and the opset-21 GroupNormalization node (which onnxruntime runs as its
    function body expansion), against the bare gncpu.group_norm call.
 
-Each sample batches enough calls to last >= 5 ms (small models run in tens
-of microseconds); contenders take turns sample by sample, so machine noise
-hits all of them. Unset the OPENBLAS_* variables for benchmarks (see design
+Each sample batches enough calls to last >= 2 ms (small models run in tens
+of microseconds); contenders take turns sample by sample (the order rotates
+each round), and a ratio is the median over rounds of the two contenders'
+times in the same round, so a slow moment of the shared machine hits both. Unset the OPENBLAS_* variables for benchmarks (see design
 notes); the BLAS kernel in use is printed.
 """
 import argparse
@@ -92,7 +94,7 @@ def _export(module, shape, path, opset):
 
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "models")
-SAMPLE_SECONDS = 0.005
+SAMPLE_SECONDS = 0.002
 
 
 def _calls_per_sample(run):
@@ -104,19 +106,25 @@ def _calls_per_sample(run):
 
 
 def _interleaved(runners, repeats):
-    """{name: (median, min)} seconds per call; contenders take turns each round."""
+    """Per contender: (median, min) seconds per call, and the median over rounds of its
+    time / the first contender's time in the same round (paired: a slow moment of the
+    shared machine hits both sides of a ratio). The order rotates round by round."""
     for run in runners.values():  # warm up (first-run allocations, onnxruntime's arena)
         run()
     counts = {name: _calls_per_sample(run) for name, run in runners.items()}
-    times = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            calls = counts[name]
+    names = list(runners)
+    times = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            run, calls = runners[name], counts[name]
             start = time.perf_counter()
             for _ in range(calls):
                 run()
             times[name].append((time.perf_counter() - start) / calls)
-    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+    first = times[names[0]]
+    return {name: (statistics.median(t), min(t), statistics.median(a / b for a, b in zip(t, first)))
+            for name, t in times.items()}
 
 
 def _plain_onnxruntime(path_or_bytes):
@@ -195,8 +203,8 @@ def print_table(rows):
     print(head + f" {'GN share ort-eng / gncpu':>25} {'regions/GN':>10} {'max err':>8}")
     for row in rows:
         t = row["times"]
-        ort_median, ort_min = t["ort"]
-        cells = "".join(f" {t[n][0] / ort_median:12.2f} (min {t[n][1] / ort_min:5.2f})" for n in names)
+        ort_median, ort_min, _ = t["ort"]
+        cells = "".join(f" {t[n][2]:12.2f} (min {t[n][1] / ort_min:5.2f})" for n in names)
         share = row["gn_share"]
         print(f"{row['label']:<52} {ort_median * 1e3:8.3f}{cells} "
               f"{share['engine=onnxruntime']:11.0%} / {share['engine=gncpu']:4.0%}      {row['split']:>10} "
@@ -206,7 +214,7 @@ def print_table(rows):
 
 def print_geomeans(rows, names, title):
     for name in names:
-        ratios = [r["times"][name][0] / r["times"]["ort"][0] for r in rows]
+        ratios = [r["times"][name][2] for r in rows]
         minima = [r["times"][name][1] / r["times"]["ort"][1] for r in rows]
         geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
         geo_min = math.exp(sum(map(math.log, minima)) / len(minima))
@@ -243,7 +251,9 @@ def main():
     parser.add_argument("--channels", type=int, default=512, help="512: SD VAE decoder at a 64x64 latent")
     parser.add_argument("--groups", type=int, default=32)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=11, help="samples per contender (median and min reported)")
+    parser.add_argument("--repeats", type=int, default=31,
+                        help="rounds (one sample of each contender per round; medians and minima reported)")
+    parser.add_argument("--block-repeats", type=int, default=7, help="rounds for the VAE-decoder block")
     parser.add_argument("--models", default=MODELS_DIR, help="folder of .onnx files (default: tests/models)")
     parser.add_argument("--only", default="", help="regex: time only the committed models it matches")
     parser.add_argument("--no-block", action="store_true", help="skip the VAE-decoder block (needs torch)")
@@ -281,7 +291,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         block_path = _export(block, shape, os.path.join(tmp, "block.onnx"), 17)
         print(f"\nVAE-decoder block {shape}, {args.groups} groups, 5 GN + SiLU, legacy export opset 17:")
-        print_table([compare_engines("vae_decoder_block", block_path, {"x": x}, args.repeats, args.spin_policies)])
+        print_table([compare_engines("vae_decoder_block", block_path, {"x": x}, args.block_repeats,
+                                     args.spin_policies)])
         if args.gn_alone:
             _gn_alone(args, tmp, gn, x)
 
