@@ -17,12 +17,15 @@ bound once), so plain `run` is used. The public `InferenceSession.run` adds
 ~1.5 us of name checks that `_check_feeds` has already made, so the binding's
 own `run` is called when the wheel has it.
 
-Threads: every region session gets intra_op_num_threads = the session's
-thread count and inter_op 1. Its workers spin while a region runs (waking a
-sleeping worker for every parallel op costs more than the op on small
-tensors) and stop the moment the region returns ("session.force_spinning_stop"):
-a worker still spinning would take the core from the gncpu GroupNorm kernel
-that runs next. `bench/bench_onnx.py --spin-policies` times the alternatives.
+Threads: a region session gets intra_op_num_threads = the session's thread
+count (inter_op 1, sequential), unless the region is too small to pay for a
+thread pool (gncpu.onnx.region_cost): then one thread, so no pool at all. Its
+workers spin as onnxruntime's do by default: stopping them when a region
+returns ("session.force_spinning_stop") made every run wake them again, which
+cost 2-100x on the small committed models of this 2-vCPU shared machine.
+GroupNorm kernels below THREADED_GROUP_NORM_ELEMENTS run on one thread, since
+their second thread would compete with a still-spinning onnxruntime worker.
+`bench/bench_onnx.py --spin-policies` times the alternatives.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import context
 from .errors import InvalidModelError, NodeExecutionError
 from .graph import Graph, node_to_proto, tensor_dtype
 from .partition import Claimed, Part, Region, describe_partition, is_group_norm, partition_graph
@@ -42,7 +46,13 @@ from .region_cost import SMALL_REGION_WORK, region_work
 
 # How onnxruntime's workers wait for work: policy -> (allow_spinning, force_spinning_stop).
 SPIN_POLICIES = {"during_run": ("1", "1"), "off": ("0", "1"), "always": ("1", "0")}
-SPIN_POLICY = "during_run"  # see the module docstring; bench/bench_onnx.py --spin-policies measures all three
+SPIN_POLICY = "always"  # see the module docstring; bench/bench_onnx.py --spin-policies measures all three
+# A GroupNorm over fewer elements runs on one thread: its second OpenMP thread would
+# wait for a core that a region's onnxruntime worker is still spinning on (measured on
+# torch_legacy_dynamic_vae_decoder_block_opset17: 10x plain onnxruntime's time with
+# 2-thread GroupNorms of 37k elements, 0.7x with 1-thread ones). Above it the kernel
+# takes ~0.3 ms or more, and two threads win.
+THREADED_GROUP_NORM_ELEMENTS = 1 << 19
 INSTALL_HINT = 'pip install "gncpu[ort]" (or: pip install onnxruntime)'
 
 
@@ -226,11 +236,16 @@ class OrtEngine:
         kernel = bind_kernel(node, self.graph.opsets, set(self._types) | _produced(self.graph))
         self._record_claimed_types(node)
         inputs, outputs = list(node.inputs), list(node.outputs)
+        threaded_from = THREADED_GROUP_NORM_ELEMENTS if is_group_norm(node) and self.num_threads > 1 else 0
 
         def run(env):
             args = [env[name] if name else None for name in inputs]
             try:
-                results = kernel.run(args, env)
+                if threaded_from and np.size(args[0]) < threaded_from:
+                    with context.using_threads(1):  # see THREADED_GROUP_NORM_ELEMENTS
+                        results = kernel.run(args, env)
+                else:
+                    results = kernel.run(args, env)
             except NodeExecutionError:
                 raise
             except Exception as exc:
