@@ -22,7 +22,9 @@ count (inter_op 1, sequential), unless the region is too small to pay for a
 thread pool (gncpu.onnx.region_cost): then one thread, so no pool at all. Its
 workers spin as onnxruntime's do by default: stopping them when a region
 returns ("session.force_spinning_stop") made every run wake them again, which
-cost 2-100x on the small committed models of this 2-vCPU shared machine.
+cost 2-100x on the small committed models of this 2-vCPU shared machine; only
+regions over HUGE_REGION_WORK (tens of ms) stop them, as there the wake-up is
+lost in the run time and a spinning worker would slow the next GroupNorm.
 GroupNorm kernels below THREADED_GROUP_NORM_ELEMENTS run on one thread, since
 their second thread would compete with a still-spinning onnxruntime worker.
 `bench/bench_onnx.py --spin-policies` times the alternatives.
@@ -42,7 +44,7 @@ from .errors import InvalidModelError, NodeExecutionError
 from .graph import Graph, node_to_proto, tensor_dtype
 from .partition import Claimed, Part, Region, describe_partition, is_group_norm, partition_graph
 from .plan import Kernel, _describe_value, bind_kernel, node_reads
-from .region_cost import SMALL_REGION_WORK, region_work
+from .region_cost import HUGE_REGION_WORK, SMALL_REGION_WORK, region_work
 
 # How onnxruntime's workers wait for work: policy -> (allow_spinning, force_spinning_stop).
 SPIN_POLICIES = {"during_run": ("1", "1"), "off": ("0", "1"), "always": ("1", "0")}
@@ -110,20 +112,21 @@ class OrtEngine:
             for name in (p.outputs if isinstance(p, Region) else p.node.outputs) if name)
 
     # ------------------------------------------------------------------ load
-    def _session_options(self, threads: int):
+    def _session_options(self, threads: int, spin_policy: str):
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 4  # load and run errors come back as exceptions, re-raised naming the region
-        allow, force_stop = SPIN_POLICIES[self.spin_policy]
+        allow, force_stop = SPIN_POLICIES[spin_policy]
         options.add_session_config_entry("session.intra_op.allow_spinning", allow)
         options.add_session_config_entry("session.inter_op.allow_spinning", allow)
         options.add_session_config_entry("session.force_spinning_stop", force_stop)
         return options
 
-    def _region_session(self, region: Region, threads: int):
-        """A new onnxruntime session for `region` on `threads` threads; returns its run binding."""
+    def _region_session(self, region: Region, setting):
+        """A new onnxruntime session for `region` with `setting` = (threads, spin policy);
+        returns its run binding."""
         try:
             model = self._region_model(region).SerializeToString()
         except InvalidModelError:
@@ -132,7 +135,7 @@ class OrtEngine:
             raise InvalidModelError(f"cannot rebuild {region.describe()} for onnxruntime (corrupt node "
                                     f"attribute?): {type(exc).__name__}: {exc}") from exc
         try:
-            session = self._ort.InferenceSession(model, self._session_options(threads),
+            session = self._ort.InferenceSession(model, self._session_options(*setting),
                                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             ops = sorted({(f"{n.domain}::" if n.domain else "") + n.op_type for n in region.nodes})
@@ -143,46 +146,51 @@ class OrtEngine:
             self._types.setdefault(out.name, (_dtype_of_type_string(out.type), _static_dims(out.shape)))
         return getattr(session, "_sess", session).run
 
-    def _threads_for(self, region: Region, shapes) -> int:
-        """The session's thread count, or 1 for a region too small to pay for a pool
+    def _setting_for(self, region: Region, shapes) -> tuple:
+        """(threads, spin policy) of the session for `region` on inputs of `shapes`:
+        one thread for a region too small to pay for a pool; the session's
+        policy for a medium one; workers that stop spinning when the region
+        returns for a huge one, whose wake-up cost is lost in its run time
         (gncpu.onnx.region_cost)."""
         if self.num_threads == 1:
-            return 1
+            return (1, self.spin_policy)
         if region.index not in self._shape_models:
             self._shape_models[region.index] = self._region_model(region, weights=False)
         work = region_work(self._shape_models[region.index], dict(zip(region.inputs, shapes)))
-        return 1 if work < SMALL_REGION_WORK else self.num_threads
+        if work < SMALL_REGION_WORK:
+            return (1, self.spin_policy)
+        return (self.num_threads, "during_run" if work >= HUGE_REGION_WORK else self.spin_policy)
 
     def _region_step(self, region: Region) -> Step:
         inputs, outputs = list(region.inputs), list(region.outputs)
         label = region.describe()
         static = [self._types.get(name, (None, None))[1] for name in inputs]
-        by_threads: Dict[int, Callable] = {}
+        by_setting: Dict[tuple, Callable] = {}
         lock = threading.Lock()
 
-        def binding_for(threads):
+        def binding_for(setting):
             with lock:
-                if threads not in by_threads:
-                    by_threads[threads] = self._region_session(region, threads)
-                return by_threads[threads]
+                if setting not in by_setting:
+                    by_setting[setting] = self._region_session(region, setting)
+                return by_setting[setting]
 
         if all(shape is not None and None not in shape for shape in static):
             # Shapes fixed at load: one session, its thread count chosen now.
-            fixed = binding_for(self._threads_for(region, static))
+            fixed = binding_for(self._setting_for(region, static))
             choose = None
-            threads = next(iter(by_threads))
+            threads = next(iter(by_setting))[0]
         else:
             # Shapes known only per run: a session on all threads now (it also tells the types
             # later regions read), the thread count chosen per input-shape signature.
             fixed = None
-            binding_for(self.num_threads)
+            binding_for((self.num_threads, self.spin_policy))
             chosen: Dict[tuple, Callable] = {}
             threads = None  # chosen per run
 
             def choose(shapes):
                 if len(chosen) > 256:  # a service seeing ever new shapes: forget, re-estimate
                     chosen.clear()
-                binding = chosen[shapes] = binding_for(self._threads_for(region, shapes))
+                binding = chosen[shapes] = binding_for(self._setting_for(region, shapes))
                 return binding
 
         def run(env):

@@ -19,6 +19,10 @@ import onnx
 # ~0.2-0.3 ms of one core's convolution throughput: below it a second thread saves
 # less than waking it can cost.
 SMALL_REGION_WORK = 1e7
+# ~25 ms of two cores: from here a region's workers stop spinning when it returns
+# (waking them on the next run is lost in its run time; spinning on would take the
+# core from the GroupNorm that follows).
+HUGE_REGION_WORK = 1e9
 
 # Ops whose cost is output elements x the reduction length, by how that length is found.
 _REDUCING = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
