@@ -127,15 +127,9 @@ class OrtEngine:
     def _region_session(self, region: Region, setting):
         """A new onnxruntime session for `region` with `setting` = (threads, spin policy);
         returns its run binding."""
-        try:
-            model = self._region_model(region).SerializeToString()
-        except InvalidModelError:
-            raise
-        except Exception as exc:  # a corrupt attribute (a name that is not UTF-8, a bad tensor)
-            raise InvalidModelError(f"cannot rebuild {region.describe()} for onnxruntime (corrupt node "
-                                    f"attribute?): {type(exc).__name__}: {exc}") from exc
-        try:
-            session = self._ort.InferenceSession(model, self._session_options(*setting),
+        model = self._region_model(region)
+        try:  # (serializing fails on a region over protobuf's 2 GiB)
+            session = self._ort.InferenceSession(model.SerializeToString(), self._session_options(*setting),
                                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             ops = sorted({(f"{n.domain}::" if n.domain else "") + n.op_type for n in region.nodes})
@@ -215,6 +209,15 @@ class OrtEngine:
     def _region_model(self, region: Region, weights: bool = True) -> onnx.ModelProto:
         """The region as a model: its inputs typed, its weights as initializers (weights=False:
         weights over 1024 elements become typed inputs instead, for shape inference)."""
+        try:
+            return self._build_region_model(region, weights)
+        except InvalidModelError:
+            raise
+        except Exception as exc:  # a corrupt attribute (a name that is not UTF-8, a bad tensor)
+            raise InvalidModelError(f"cannot rebuild {region.describe()} for onnxruntime (corrupt node "
+                                    f"attribute?): {type(exc).__name__}: {exc}") from exc
+
+    def _build_region_model(self, region: Region, weights: bool) -> onnx.ModelProto:
         inputs = []
         for name in region.inputs:
             dtype, shape = self._types.get(name, (None, None))
