@@ -282,7 +282,10 @@ def _two_gn_elementwise_model(shape):
 
 
 def test_group_norm_nodes_are_bit_identical_for_every_thread_count():
-    shape = (2, 32, 48, 48)
+    from gncpu.onnx.engine_ort import THREADED_GROUP_NORM_ELEMENTS
+
+    shape = (2, 32, 96, 96)
+    assert np.prod(shape) >= THREADED_GROUP_NORM_ELEMENTS  # big enough to run on several threads
     model = _two_gn_elementwise_model(shape)
     x = (RNG.standard_normal(shape) * 3 + 100).astype(np.float32)
     first = None
