@@ -217,7 +217,7 @@ def _check(case, weights_as_initializers, dtype=None):
                     for r in ReferenceEvaluator(model32).run(None, feed32)]
     else:
         expected = ReferenceEvaluator(model).run(None, feed)
-    session = InferenceSession(model, allow_fallback=False)
+    session = InferenceSession(model, allow_fallback=False, engine="gncpu")
     got = session.run(None, feed)
     assert len(got) == len(expected)
     for ours, ref in zip(got, expected):
@@ -256,7 +256,7 @@ def test_op_float64_matches_reference(op):
 def test_conv_error_names_node_and_shapes():
     case = Case("Conv", [f32(1, 3, 8, 8), f32(4, 2, 3, 3)], {})
     model, feed = _model(case, True)
-    session = InferenceSession(model, allow_fallback=False)
+    session = InferenceSession(model, allow_fallback=False, engine="gncpu")
     with pytest.raises(RuntimeError, match=r"Conv.*group=1 does not fit input channels 3.*\(4, 2, 3, 3\)"):
         session.run(None, feed)
 
@@ -267,7 +267,7 @@ def test_softmax_before_opset13_coerces_to_2d(op):
     # onnx.reference ignores that coercion, so the expectation is computed here.
     x = f32(2, 3, 7)
     model, feed = _model(Case(op, [x], {"axis": 1}, opset=11), True)
-    (got,) = InferenceSession(model, allow_fallback=False).run(None, feed)
+    (got,) = InferenceSession(model, allow_fallback=False, engine="gncpu").run(None, feed)
     flat = x.reshape(2, 21).astype(np.float64)
     log_probs = flat - flat.max(axis=1, keepdims=True)
     log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
@@ -278,7 +278,7 @@ def test_softmax_before_opset13_coerces_to_2d(op):
 def test_pad_negative_pads_crop():
     x = f32(2, 3, 4)
     model, feed = _model(Case("Pad", [x, i64(0, 0, -1, 0, 1, 2)], {"mode": "edge"}), True)
-    (got,) = InferenceSession(model, allow_fallback=False).run(None, feed)
+    (got,) = InferenceSession(model, allow_fallback=False, engine="gncpu").run(None, feed)
     expected = np.pad(x[:, :, 1:], [(0, 0), (0, 1), (0, 2)], mode="edge")
     np.testing.assert_array_equal(got, expected)
 
@@ -309,7 +309,7 @@ def _conv_transpose_oracle(x, w, strides, dilations, group, begins, out_dims):
 def test_conv_transpose_matches_definition(x_shape, w_shape, attrs, begins, out_dims):
     x, w = f32(*x_shape), f32(*w_shape)
     model, feed = _model(Case("ConvTranspose", [x, w], attrs), True)
-    (got,) = InferenceSession(model, allow_fallback=False).run(None, feed)
+    (got,) = InferenceSession(model, allow_fallback=False, engine="gncpu").run(None, feed)
     expected = _conv_transpose_oracle(x.astype(np.float64), w, attrs["strides"], attrs.get("dilations", [1] * len(begins)),
                                       attrs.get("group", 1), begins, out_dims)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
@@ -344,7 +344,7 @@ def test_weights_fed_as_inputs_are_never_cached_stale():
     # read-only constants: a caller's array changed in place between runs must be re-read.
     x, w = f32(1, 128, 8, 8), f32(128, 128, 3, 3)
     model, feed = _model(Case("Conv", [x, w], {"pads": [1, 1, 1, 1]}), False, np.float16)
-    session = InferenceSession(model, allow_fallback=False)
+    session = InferenceSession(model, allow_fallback=False, engine="gncpu")
     reference = ReferenceEvaluator(model)
     for scale in (1.0, -0.5):
         feed["in1"] *= np.float16(scale)
@@ -357,7 +357,7 @@ def test_constant_weight_derivations_are_computed_once():
 
     model, feed = _model(Case("Conv", [f32(1, 128, 8, 8), f32(128, 128, 3, 3)], {"pads": [1, 1, 1, 1]}), True,
                          np.float16)
-    session = InferenceSession(model, allow_fallback=False)
+    session = InferenceSession(model, allow_fallback=False, engine="gncpu")
     first = session.run(None, feed)[0]
     cached = len(derived._cache)
     assert cached >= 2  # the float32 copy of the weights and its Winograd transform

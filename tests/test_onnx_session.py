@@ -92,7 +92,8 @@ def test_onnxruntime_style_providers():
         InferenceSession(model, providers=["CUDAExecutionProvider"])
 
 
-def test_corrupted_model_bytes_never_crash():
+@pytest.mark.parametrize("engine", ["gncpu", "onnxruntime"])
+def test_corrupted_model_bytes_never_crash(engine):
     # Random byte flips in a real exported model: loading either succeeds or raises
     # InvalidModelError; running what loaded either works or raises a node-named error.
     from gncpu.onnx import NodeExecutionError
@@ -108,7 +109,7 @@ def test_corrupted_model_bytes_never_crash():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                session = InferenceSession(bytes(corrupted))
+                session = InferenceSession(bytes(corrupted), engine=engine)
             except InvalidModelError:
                 continue
             loaded += 1
@@ -158,7 +159,12 @@ def test_unknown_op_lists_what_is_supported():
                    [_vi("x", [2])], [_vi("y", [2])])
     model.opset_import.append(helper.make_opsetid("my.domain", 1))
     with pytest.raises(InvalidModelError, match="NoSuchOp.*'my.domain'"):
-        InferenceSession(model)
+        InferenceSession(model, engine="gncpu")
+    # onnxruntime's engine hands it to onnxruntime, which cannot load it either: the error
+    # names the region, its ops and the other engine.
+    with pytest.raises(InvalidModelError, match=r"onnxruntime cannot load onnxruntime region 0.*my.domain::NoSuchOp.*"
+                                                r"engine=\"gncpu\""):
+        InferenceSession(model, engine="onnxruntime")
 
 
 def test_unknown_attribute_rejected_at_load():
@@ -184,8 +190,9 @@ def test_inputs_and_outputs_describe_the_model():
     ({"x": np.zeros((3, 8, 8), np.float32)}, r"input 'x': expected rank 4.*got rank 3 with shape \(3, 8, 8\)"),
     ({"x": np.zeros((1, 2, 8, 8), np.float32)}, r"input 'x': expected shape \(\?, 3, 8, 8\).*dimension 1 must be 3, is 2"),
 ], ids=["unknown", "missing", "dtype", "rank", "static_dim"])
-def test_bad_feeds_raise_value_error_naming_input(feed, message):
-    session = InferenceSession(_conv_relu_model(shape=(None, 3, 8, 8)))
+@pytest.mark.parametrize("engine", ["gncpu", "onnxruntime"])
+def test_bad_feeds_raise_value_error_naming_input(feed, message, engine):
+    session = InferenceSession(_conv_relu_model(shape=(None, 3, 8, 8)), engine=engine)
     with pytest.raises(ValueError, match=message):
         session.run(None, feed)
 
@@ -235,7 +242,7 @@ def test_constants_fold_and_intermediates_are_freed():
              helper.make_node("Neg", ["b"], ["y"])]
     w = numpy_helper.from_array(np.array([1.0, -2.0, 3.0], np.float32), "w")
     model = _model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 3])], [w])
-    session = InferenceSession(model)
+    session = InferenceSession(model, engine="gncpu")
     stats = session.stats()
     assert stats["nodes_folded"] == 2 and stats["nodes_run"] == 3
     # The unsqueezed weight replaced "w" and the axes constant: the session keeps only what it reads.
@@ -280,10 +287,11 @@ def test_results_do_not_depend_on_thread_count():
                     helper.make_node("Relu", ["c"], ["y"])],
                    [_vi("x", [2, 32, 64, 64])], [_vi("y", None)], [numpy_helper.from_array(w, "w")])
     x = RNG.standard_normal((2, 32, 64, 64)).astype(np.float32)
-    one = InferenceSession(model, num_threads=1).run(None, {"x": x})[0]
+    one = InferenceSession(model, num_threads=1, engine="gncpu").run(None, {"x": x})[0]
     # Bit-identical: conv blocks are fixed by the shape, BLAS runs one thread per block.
     for threads in (2, 3, 8):
-        np.testing.assert_array_equal(InferenceSession(model, num_threads=threads).run(None, {"x": x})[0], one)
+        session = InferenceSession(model, num_threads=threads, engine="gncpu")
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], one)
     with pytest.raises(ValueError, match="num_threads=0"):
         InferenceSession(model, num_threads=0)
 
@@ -301,8 +309,8 @@ m = helper.make_model(helper.make_graph(
     [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")]),
     opset_imports=[helper.make_opsetid("", 17)])
 x = rng.standard_normal((2, 32, 64, 64)).astype(np.float32)
-one = InferenceSession(m, num_threads=1).run(None, {"x": x})[0]
-two = InferenceSession(m, num_threads=2).run(None, {"x": x})[0]
+one = InferenceSession(m, num_threads=1, engine="gncpu").run(None, {"x": x})[0]
+two = InferenceSession(m, num_threads=2, engine="gncpu").run(None, {"x": x})[0]
 print(int(np.array_equal(one, two)))
 """
 
@@ -325,14 +333,14 @@ def _einsum_model():
 def test_unimplemented_op_falls_back_with_one_warning():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        session = InferenceSession(_einsum_model())
+        session = InferenceSession(_einsum_model(), engine="gncpu")
     fallback = [w for w in caught if issubclass(w.category, FallbackWarning)]
     assert len(fallback) == 1 and "Einsum x1" in str(fallback[0].message)
     a, b = RNG.standard_normal((2, 3)).astype(np.float32), RNG.standard_normal((3, 4)).astype(np.float32)
     np.testing.assert_allclose(session.run(None, {"a": a, "b": b})[0], a @ b, rtol=1e-5)
     assert "Einsum x1" in session.summary()
     with pytest.raises(InvalidModelError, match="Einsum"):
-        InferenceSession(_einsum_model(), allow_fallback=False)
+        InferenceSession(_einsum_model(), allow_fallback=False, engine="gncpu")
 
 
 def test_if_and_loop_with_outer_scope_reads():
@@ -378,12 +386,25 @@ def test_summary_reports_fused_group_norms_and_shapes():
 def test_cli_run_profile_and_reference(tmp_path, capsys):
     path = os.path.join(MODELS, "torch_dynamo_vae_decoder_block_opset18.onnx")
     out = tmp_path / "out.npz"
-    status = cli_main([path, "--repeat", "2", "--threads", "1", "--profile", "--compare-reference", "--save", str(out)])
+    status = cli_main([path, "--repeat", "2", "--threads", "1", "--profile", "--compare-reference", "--save", str(out),
+                       "--engine", "gncpu"])
     text = capsys.readouterr().out
     assert status == 0, text
     assert "GroupNorm: 8 run natively" in text and "time per op type" in text and "Conv" in text
     assert "relative to max |ref|" in text and "ok" in text
     assert np.load(out)["y"].shape == (1, 3, 16, 16)
+
+
+def test_cli_run_shows_the_onnxruntime_split(capsys):
+    path = os.path.join(MODELS, "torch_dynamo_vae_decoder_block_opset18.onnx")
+    status = cli_main([path, "--repeat", "2", "--threads", "2", "--profile", "--compare-reference",
+                       "--engine", "onnxruntime"])
+    text = capsys.readouterr().out
+    assert status == 0, text
+    assert "(onnxruntime engine)" in text and "GroupNorm: 8 run natively" in text
+    assert "split: 9 onnxruntime region(s)" in text and "8 GroupNorm on gncpu" in text
+    assert "time per part" in text and "onnxruntime region 0" in text and "GroupNorm" in text
+    assert "relative to max |ref|" in text and "ok" in text
 
 
 def test_cli_inputs_from_files_and_errors(tmp_path, capsys):

@@ -41,6 +41,9 @@ class GncpuRep(BackendRep):
 class GncpuBackend(Backend):
     # Set to False (e.g. by conformance tests) to fail instead of running ops through onnx.reference.
     allow_fallback = True
+    # The backend tests gncpu's own ops, so it runs the embedded engine (engine="onnxruntime"
+    # would hand every node but GroupNorm to onnxruntime).
+    engine = "gncpu"
 
     @classmethod
     def is_compatible(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> bool:
@@ -54,7 +57,7 @@ class GncpuBackend(Backend):
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> GncpuRep:
         if not cls.supports_device(device):
             raise ValueError(f"gncpu runs on CPU only, device={device!r} requested")
-        session = InferenceSession(model, allow_fallback=cls.allow_fallback)
+        session = InferenceSession(model, allow_fallback=cls.allow_fallback, engine=cls.engine)
         return GncpuRep(session)
 
     @classmethod

@@ -3,11 +3,13 @@
     python -m gncpu run unet.onnx --repeat 5 --threads 2 --profile
     python -m gncpu run vae.onnx --input latent=z.npy --compare-reference
     python -m gncpu run model.onnx --inputs feeds.npz --dim batch=2 --save out.npz
+    python -m gncpu run unet.onnx --engine gncpu --profile     # without onnxruntime
 
 Inputs not given are random (normal floats, small non-negative ints, random
 bools) with symbolic dims set by --dim NAME=SIZE (default 1). The report: the
 session summary (GroupNorms native / fused, SiLU fused, fallback ops), output
-shapes and value ranges, run times, time per op type (--profile) and the
+shapes and value ranges, run times, time per op type (--profile; with the
+onnxruntime engine: how the graph was split and the time per region) and the
 error against onnx.reference (--compare-reference; exit status 1 above
 --rtol).
 """
@@ -47,6 +49,9 @@ def _add_arguments(parser):
     parser.add_argument("--rtol", type=float, default=1e-4,
                         help="relative tolerance (to each output's max |value|) for --compare-reference")
     parser.add_argument("--no-fuse", action="store_true", help="do not fuse GroupNorm patterns")
+    parser.add_argument("--engine", choices=("auto", "onnxruntime", "gncpu"), default="auto",
+                        help="onnxruntime: GroupNorm on gncpu, the rest in onnxruntime; gncpu: the embedded "
+                             "NumPy engine; auto (default): onnxruntime if installed")
     parser.add_argument("--save", metavar="FILE.npz", help="write the outputs to an .npz file")
     parser.add_argument("--quiet-progress", action="store_true", help="never show the progress line")
 
@@ -76,8 +81,9 @@ def run_command(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        session = gonnx.InferenceSession(args.model, num_threads=args.threads, fuse=not args.no_fuse)
-    except (InvalidModelError, FileNotFoundError, ValueError, TypeError) as exc:
+        session = gonnx.InferenceSession(args.model, num_threads=args.threads, fuse=not args.no_fuse,
+                                         engine=args.engine)
+    except (InvalidModelError, FileNotFoundError, ValueError, TypeError, ImportError) as exc:
         print(f"error: cannot load {args.model}: {exc}", file=sys.stderr)
         return 2
     try:

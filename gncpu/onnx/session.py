@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from . import context, fusion, ops
 from .errors import InvalidModelError
 from .graph import Graph, ValueInfo, graph_from_model, normalize_domain
+from .partition import Region
 from .pickling import ModelSource, rebuild_session
 from .plan import GROUP_NORM_FAMILY, Plan, fold_constants, prune_initializers, remove_dead_nodes, topological_order
 
@@ -111,13 +112,20 @@ class InferenceSession:
         onnx.reference (default True); False makes such models fail to load.
     providers: accepted for code written against onnxruntime; gncpu runs on
         the CPU, so the list must name "CPUExecutionProvider".
+    engine: what runs the nodes that are not GroupNorm (see ENGINES):
+        "onnxruntime" runs them in onnxruntime sessions, one per region between
+        GroupNorms, and the GroupNorms on gncpu's kernels (gncpu.onnx.engine_ort);
+        "gncpu" runs every node on the embedded NumPy engine (gncpu.onnx.plan);
+        "auto" (default) is "onnxruntime" when onnxruntime can be imported,
+        else "gncpu". `session.engine` names the one in use.
     """
 
     def __init__(self, model, num_threads: Optional[int] = None, *, fuse: bool = True,
-                 allow_fallback: bool = True, providers: Optional[Sequence] = None):
+                 allow_fallback: bool = True, providers: Optional[Sequence] = None, engine: str = "auto"):
         # Every argument but the model, as given (this must stay the first statement): pickling
         # rebuilds the session from the model's bytes and these, so a new option needs nothing more.
         self._options = {name: value for name, value in locals().items() if name not in ("self", "model")}
+        self.engine = _resolve_engine(engine)
         if providers is not None:
             names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
             if "CPUExecutionProvider" not in names:
@@ -159,8 +167,17 @@ class InferenceSession:
                 # Constants: ops never write them, and read-only marks them safe to cache derived values of.
                 value.flags.writeable = False
         self._graph = graph
-        self._plan = Plan(graph)
-        if any(s.kernel.label in ("Erf", "Gelu") and s.kernel.kind == "native" for s in self._plan.steps):
+        if self.engine == "onnxruntime":
+            from .engine_ort import OrtEngine
+            self._ort = OrtEngine(graph, num_threads if num_threads is not None else _default_threads())
+            self._plan = None
+            # The only buffers a run holds besides the feeds (the rest live inside onnxruntime).
+            self._held_arrays = [a for a in self._ort.held.values() if isinstance(a, np.ndarray)]
+        else:
+            self._ort = None
+            self._plan = Plan(graph)
+            self._held_arrays = [a for a in graph.initializers.values() if isinstance(a, np.ndarray)]
+        if any(s.kernel.label in ("Erf", "Gelu") and s.kernel.kind == "native" for s in self._steps()):
             # Import scipy's erf now (~0.2 s) rather than inside the first run's timing.
             from .ops.elementwise import erf_array
             erf_array(np.zeros(1, np.float32))
@@ -168,7 +185,7 @@ class InferenceSession:
         self._last_output_shapes: Dict[str, tuple] = {}
         self._last_profile: Optional[Dict[str, dict]] = None
         self._threadpools = _threadpool_controller()
-        fallback = Counter(s.kernel.label for s in self._plan.steps if s.kernel.kind == "fallback")
+        fallback = Counter(s.kernel.label for s in self._steps() if s.kernel.kind == "fallback")
         if fallback and not allow_fallback:
             raise InvalidModelError(f"no native implementation for {dict(fallback)} and allow_fallback=False")
         if fallback:
@@ -209,7 +226,7 @@ class InferenceSession:
 
     def run_with_progress(self, output_names, input_feed, callback):
         """Like run(); `callback(done_nodes, total_nodes, step_label)` after each node."""
-        total = len(self._plan.steps)
+        total = len(self._steps())
         done = [0]
 
         def record(step, seconds):
@@ -223,26 +240,35 @@ class InferenceSession:
         """The graph as it runs (after folding and fusion); read-only by convention."""
         return self._graph
 
+    def _steps(self) -> list:
+        """What a run walks: the plan's nodes, or the onnxruntime engine's parts."""
+        return self._ort.steps if self._ort is not None else self._plan.steps
+
     def stats(self) -> dict:
         """What summary() prints, as a dict."""
-        steps = self._plan.steps
-        kinds = Counter(s.kernel.kind for s in steps)
-        gn_native = sum(1 for s in steps if _op_key(s.node) in GROUP_NORM_FAMILY and s.kernel.kind == "native")
-        gn_fallback = sum(1 for s in steps if _op_key(s.node) in GROUP_NORM_FAMILY and s.kernel.kind != "native")
+        nodes = [(s.node, s.kernel) for s in self._plan.steps] if self._ort is None else \
+            [(s.part.node, s.kernel) for s in self._ort.steps if s.kernel.kind != "onnxruntime"]
+        kinds = Counter(kernel.kind for _, kernel in nodes)
+        gn_native = sum(1 for n, k in nodes if _op_key(n) in GROUP_NORM_FAMILY and k.kind == "native")
+        gn_fallback = sum(1 for n, k in nodes if _op_key(n) in GROUP_NORM_FAMILY and k.kind != "native")
+        ort_nodes = [] if self._ort is None else [n for p in self._ort.parts if isinstance(p, Region) for n in p.nodes]
         report = self._fusion_report
         return {
+            "engine": self.engine,
             "producer": f"{self._meta['producer_name']} {self._meta['producer_version']}".strip(),
             "opsets": dict(self._graph.opsets),
             "nodes_in_file": self._nodes_in_file,
             "op_types_in_file": {(f"{d}::{op}" if d else op): n for (d, op), n in self._op_types_in_file.items()},
             "nodes_folded": self._folded,
             "nodes_removed_dead": self._dead_removed,
-            "nodes_run": len(steps),
+            "nodes_run": len(nodes) + len(ort_nodes),
             "native_nodes": kinds.get("native", 0),
             "control_flow_nodes": kinds.get("control", 0),
             "fallback_nodes": kinds.get("fallback", 0),
-            "fallback_ops": dict(Counter(s.kernel.label for s in steps if s.kernel.kind == "fallback")),
-            "op_types_run": dict(Counter(s.kernel.label for s in steps)),
+            "onnxruntime_nodes": len(ort_nodes),
+            "fallback_ops": dict(Counter(k.label for _, k in nodes if k.kind == "fallback")),
+            "op_types_run": dict(Counter([k.label for _, k in nodes] + [n.op_type for n in ort_nodes])),
+            "partition": self._ort.describe() if self._ort is not None else None,
             "group_norm_native": gn_native,
             "group_norm_fallback": gn_fallback,
             "group_norm_fused": int(report.get("group_norm_fused", 0)),
@@ -253,23 +279,30 @@ class InferenceSession:
             "last_output_shapes": dict(self._last_output_shapes),
             "load_seconds": self._load_seconds,
             "num_threads": self._num_threads,
+            "options": dict(self._options),
             "profile": self._last_profile,
         }
 
     def summary(self) -> str:
         s = self.stats()
-        lines = [f"gncpu.onnx session: {s['producer'] or 'unknown producer'}, opsets "
+        lines = [f"gncpu.onnx session ({s['engine']} engine): {s['producer'] or 'unknown producer'}, opsets "
                  + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(s["opsets"].items())),
                  f"  nodes: {s['nodes_in_file']} in file, {s['nodes_folded']} folded at load, "
                  f"{s['nodes_removed_dead']} dead removed, {s['nodes_run']} run "
                  f"({s['native_nodes']} native, {s['control_flow_nodes']} control flow, "
-                 f"{s['fallback_nodes']} via onnx.reference); loaded in {s['load_seconds'] * 1e3:.0f} ms",
+                 + (f"{s['onnxruntime_nodes']} in onnxruntime" if s["partition"] else
+                    f"{s['fallback_nodes']} via onnx.reference")
+                 + f"); loaded in {s['load_seconds'] * 1e3:.0f} ms",
                  f"  GroupNorm: {s['group_norm_native']} run natively, {s['group_norm_fused']} of them fused "
                  f"from exporter patterns, {s['silu_fused']} SiLU fused"
                  + (f", {s['group_norm_fallback']} NOT native" if s["group_norm_fallback"] else "")]
+        if s["partition"]:
+            lines.extend(_partition_lines(s["partition"]))
         if s["fusion_patterns"]:
             lines.append("  fused patterns: " + ", ".join(f"{k} x{v}" for k, v in sorted(s["fusion_patterns"].items())))
-        if s["fallback_ops"]:
+        if s["partition"]:
+            pass  # onnxruntime runs every node that is not claimed: there is no fallback
+        elif s["fallback_ops"]:
             lines.append("  fallback ops (onnx.reference): "
                          + ", ".join(f"{op} x{n}" for op, n in sorted(s["fallback_ops"].items())))
         else:
@@ -283,15 +316,16 @@ class InferenceSession:
                              + (f" -> last run {_shape_str(got)}" if got is not None else ""))
         if s["profile"]:
             total = sum(p["seconds"] for p in s["profile"].values()) or 1.0
-            lines.append("  time per op type (last profiled run):")
+            lines.append("  time per part (last profiled run):" if s["partition"] else
+                         "  time per op type (last profiled run):")
             for op, p in s["profile"].items():
-                lines.append(f"    {op:<24} {p['calls']:5d} calls {p['seconds'] * 1e3:10.2f} ms "
+                lines.append(f"    {op:<{_label_width(s['profile'])}} {p['calls']:5d} calls {p['seconds'] * 1e3:10.2f} ms "
                              f"{100 * p['seconds'] / total:5.1f}%")
         return "\n".join(lines)
 
     def __repr__(self):
         s = self.stats()
-        return (f"<gncpu.onnx.InferenceSession: {s['nodes_run']} nodes, {s['group_norm_native']} native GroupNorm, "
+        return (f"<gncpu.onnx.InferenceSession ({s['engine']}): {s['nodes_run']} nodes, {s['group_norm_native']} native GroupNorm, "
                 f"{s['fallback_nodes']} fallback>")
 
     def __reduce__(self):
@@ -302,6 +336,11 @@ class InferenceSession:
     def _run(self, output_names, input_feed, on_step):
         names = self._check_output_names(output_names)
         feeds = self._check_feeds(input_feed)
+        if self._ort is not None:
+            # GroupNorm kernels take the session's thread count; onnxruntime has its own.
+            with context.using_threads(self._num_threads, 1):
+                env = self._ort.execute(feeds, on_step)
+            return self._collect(names, env, feeds, self._ort.fresh_outputs)
         env = dict(self._graph.initializers)
         env.update(feeds)
         if self._threadpools is not None:
@@ -313,10 +352,14 @@ class InferenceSession:
             op_threads, limit = 1, _NoLimit()
         with context.using_threads(self._num_threads, op_threads), limit:
             env = self._plan.execute(env, names, on_step)
+        return self._collect(names, env, feeds)
+
+    def _collect(self, names, env, feeds, fresh=frozenset()) -> list:
+        """The outputs `names` from `env`; those in `fresh` are known to be new buffers."""
         results = []
         for name in names:
             value = env[name]
-            if isinstance(value, np.ndarray) and self._aliases_held_buffer(value, feeds):
+            if name not in fresh and isinstance(value, np.ndarray) and self._aliases_held_buffer(value, feeds):
                 value = value.copy()  # never hand out the session's or the caller's buffers
             results.append(value)
         self._last_output_shapes = {name: np.shape(v) for name, v in zip(names, results)}
@@ -329,8 +372,7 @@ class InferenceSession:
         base = value
         while isinstance(base.base, np.ndarray):
             base = base.base
-        held = [a for a in self._graph.initializers.values() if isinstance(a, np.ndarray)]
-        held += [a for a in feeds.values() if isinstance(a, np.ndarray)]
+        held = self._held_arrays + [a for a in feeds.values() if isinstance(a, np.ndarray)]
         for array in held:
             root = array
             while isinstance(root.base, np.ndarray):
@@ -383,6 +425,36 @@ class InferenceSession:
                                          f"{tuple(value.shape)} (dimension {axis} must be {want}, is {got})")
             feeds[info.name] = value
         return feeds
+
+
+ENGINES = ("auto", "onnxruntime", "gncpu")
+
+
+def _resolve_engine(engine) -> str:
+    """The engine `engine` names: "auto" is onnxruntime when it imports, else gncpu."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not an engine; expected one of {list(ENGINES)}")
+    from .engine_ort import import_onnxruntime, onnxruntime_available
+    if engine == "auto":
+        return "onnxruntime" if onnxruntime_available() else "gncpu"
+    if engine == "onnxruntime":
+        import_onnxruntime()  # raises ImportError with the install command
+    return engine
+
+
+def _partition_lines(info: dict) -> List[str]:
+    sizes = info["region_nodes"]
+    lines = [f"  split: {info['regions']} onnxruntime region(s) of {sum(sizes)} nodes "
+             f"({', '.join(map(str, sizes)) or 'none'}), {info['claimed_group_norms']} GroupNorm on gncpu"
+             + (f", {info['claimed_control_flow']} If/Loop holding GroupNorm on gncpu"
+                if info["claimed_control_flow"] else "")
+             + f"; onnxruntime intra_op_num_threads={info['intra_op_num_threads']} "
+               f"(per region: {', '.join('per shape' if t is None else str(t) for t in info['region_threads'])})"]
+    return lines
+
+
+def _label_width(profile) -> int:
+    return max([24] + [len(op) for op in profile])
 
 
 def _op_key(node):

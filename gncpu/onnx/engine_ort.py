@@ -1,0 +1,360 @@
+"""The onnxruntime engine: GroupNorm on gncpu's kernels, everything else in onnxruntime.
+
+    engine = OrtEngine(graph, num_threads=2)      # graph: validated, folded, fused
+    env = engine.execute(feeds, on_step=None)     # name -> value of every part's outputs
+
+At load the graph is partitioned (gncpu.onnx.partition), each region becomes a
+sub-model with the weights it reads and gets its own onnxruntime session, and
+each claimed node is bound to its gncpu kernel (gncpu.onnx.plan.bind_kernel).
+A run walks the parts in order over one dict of the tensors that cross them.
+
+Per-run cost, measured on onnxruntime 1.32 (AMD EPYC Zen 4, 2 threads): the
+binding's `run(names, feeds)` costs ~3.7 us for a one-node graph and hands its
+outputs back as NumPy arrays over onnxruntime's buffers (no copy); the inputs
+are read in place. IO binding costs ~7 us when inputs and preallocated outputs
+are bound on every run (it only wins, at ~2.2 us, when the same buffers are
+bound once), so plain `run` is used. The public `InferenceSession.run` adds
+~1.5 us of name checks that `_check_feeds` has already made, so the binding's
+own `run` is called when the wheel has it.
+
+Threads: a region session gets intra_op_num_threads = the session's thread
+count (inter_op 1, sequential), unless the region is too small to pay for a
+thread pool (gncpu.onnx.region_cost): then one thread, so no pool at all. Its
+workers spin as onnxruntime's do by default: stopping them when a region
+returns ("session.force_spinning_stop") made every run wake them again, which
+cost 2-100x on the small committed models of this 2-vCPU shared machine; only
+regions over HUGE_REGION_WORK (tens of ms) stop them, as there the wake-up is
+lost in the run time and a spinning worker would slow the next GroupNorm.
+GroupNorm kernels below THREADED_GROUP_NORM_ELEMENTS run on one thread, since
+their second thread would compete with a still-spinning onnxruntime worker.
+`bench/bench_onnx.py --spin-policies` times the alternatives.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from . import context
+from .errors import InvalidModelError, NodeExecutionError
+from .graph import Graph, node_to_proto, tensor_dtype
+from .partition import Claimed, Part, Region, describe_partition, is_group_norm, partition_graph
+from .plan import Kernel, _describe_value, bind_kernel, node_reads
+from .region_cost import HUGE_REGION_WORK, SMALL_REGION_WORK, region_work
+
+# How onnxruntime's workers wait for work: policy -> (allow_spinning, force_spinning_stop).
+SPIN_POLICIES = {"during_run": ("1", "1"), "off": ("0", "1"), "always": ("1", "0")}
+SPIN_POLICY = "always"  # see the module docstring; bench/bench_onnx.py --spin-policies measures all three
+# A GroupNorm over fewer elements runs on one thread: its second OpenMP thread would
+# wait for a core that a region's onnxruntime worker is still spinning on (measured on
+# torch_legacy_dynamic_vae_decoder_block_opset17: 10x plain onnxruntime's time with
+# 2-thread GroupNorms of 37k elements, 0.7x with 1-thread ones). Above it the kernel
+# takes ~0.3 ms or more, and two threads win.
+THREADED_GROUP_NORM_ELEMENTS = 1 << 19
+INSTALL_HINT = 'pip install "gncpu[ort]" (or: pip install onnxruntime)'
+
+
+def import_onnxruntime():
+    """onnxruntime, or an ImportError that says how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(f'engine="onnxruntime" needs the onnxruntime package, which is not installed; '
+                          f'install it with: {INSTALL_HINT}, or use engine="gncpu"') from exc
+    return onnxruntime
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import_onnxruntime()
+    except ImportError:
+        return False
+    return True
+
+
+class Step:
+    """One part at run time: `run(env)` reads its inputs from env and writes its outputs."""
+
+    def __init__(self, part: Part, kernel: Kernel, run: Callable, free_after: List[str]):
+        self.part = part
+        self.kernel = kernel          # kind "onnxruntime" or "native"/"control"; label for profiles
+        self.run = run
+        self.threads = None           # a region's intra-op threads (None: chosen per input shape)
+        self.free_after = free_after  # crossing tensors no later part reads
+
+
+class OrtEngine:
+    def __init__(self, graph: Graph, num_threads: int, spin_policy: Optional[str] = None):
+        self._ort = import_onnxruntime()
+        self.graph = graph
+        self.num_threads = num_threads
+        self.spin_policy = SPIN_POLICY if spin_policy is None else spin_policy
+        self.parts = partition_graph(graph)
+        self._types = _known_types(graph)
+        self._shape_models: Dict[int, onnx.ModelProto] = {}  # per region, for region_work
+        self.output_names = [v.name for v in graph.outputs]
+        # What the run dict starts with: the weights claimed nodes read (GroupNorm
+        # scale/bias, If/Loop bodies' outer reads) and graph outputs that are constants.
+        wanted = {name for p in self.parts if isinstance(p, Claimed) for name in node_reads(p.node)}
+        wanted |= set(self.output_names)
+        self.held = {name: graph.initializers[name] for name in wanted if name in graph.initializers}
+        steps = [self._region_step(p) if isinstance(p, Region) else self._claimed_step(p) for p in self.parts]
+        _assign_frees(steps, set(self.output_names))
+        self.steps = steps
+        # Outputs that are always new buffers: onnxruntime never hands back a feed's or a
+        # weight's memory (its outputs are its own), nor does a GroupNorm kernel.
+        self.fresh_outputs = frozenset(
+            name for p in self.parts if isinstance(p, Region) or is_group_norm(p.node)
+            for name in (p.outputs if isinstance(p, Region) else p.node.outputs) if name)
+
+    # ------------------------------------------------------------------ load
+    def _session_options(self, threads: int, spin_policy: str):
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 4  # load and run errors come back as exceptions, re-raised naming the region
+        allow, force_stop = SPIN_POLICIES[spin_policy]
+        options.add_session_config_entry("session.intra_op.allow_spinning", allow)
+        options.add_session_config_entry("session.inter_op.allow_spinning", allow)
+        options.add_session_config_entry("session.force_spinning_stop", force_stop)
+        return options
+
+    def _region_session(self, region: Region, setting):
+        """A new onnxruntime session for `region` with `setting` = (threads, spin policy);
+        returns its run binding."""
+        model = self._region_model(region)
+        try:  # (serializing fails on a region over protobuf's 2 GiB)
+            session = self._ort.InferenceSession(model.SerializeToString(), self._session_options(*setting),
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+            ops = sorted({(f"{n.domain}::" if n.domain else "") + n.op_type for n in region.nodes})
+            raise InvalidModelError(
+                f"onnxruntime cannot load {region.describe()}, ops {ops}: {type(exc).__name__}: {exc}; "
+                f'engine="gncpu" runs the model without onnxruntime') from exc
+        for out in session.get_outputs():
+            self._types.setdefault(out.name, (_dtype_of_type_string(out.type), _static_dims(out.shape)))
+        return getattr(session, "_sess", session).run
+
+    def _setting_for(self, region: Region, shapes) -> tuple:
+        """(threads, spin policy) of the session for `region` on inputs of `shapes`:
+        one thread for a region too small to pay for a pool; the session's
+        policy for a medium one; workers that stop spinning when the region
+        returns for a huge one, whose wake-up cost is lost in its run time
+        (gncpu.onnx.region_cost)."""
+        if self.num_threads == 1:
+            return (1, self.spin_policy)
+        if region.index not in self._shape_models:
+            self._shape_models[region.index] = self._region_model(region, weights=False)
+        work = region_work(self._shape_models[region.index], dict(zip(region.inputs, shapes)))
+        if work < SMALL_REGION_WORK:
+            return (1, self.spin_policy)
+        return (self.num_threads, "during_run" if work >= HUGE_REGION_WORK else self.spin_policy)
+
+    def _region_step(self, region: Region) -> Step:
+        inputs, outputs = list(region.inputs), list(region.outputs)
+        label = region.describe()
+        static = [self._types.get(name, (None, None))[1] for name in inputs]
+        by_setting: Dict[tuple, Callable] = {}
+        lock = threading.Lock()
+
+        def binding_for(setting):
+            with lock:
+                if setting not in by_setting:
+                    by_setting[setting] = self._region_session(region, setting)
+                return by_setting[setting]
+
+        if all(shape is not None and None not in shape for shape in static):
+            # Shapes fixed at load: one session, its thread count chosen now.
+            fixed = binding_for(self._setting_for(region, static))
+            choose = None
+            threads = next(iter(by_setting))[0]
+        else:
+            # Shapes known only per run: a session on all threads now (it also tells the types
+            # later regions read), the thread count chosen per input-shape signature.
+            fixed = None
+            binding_for((self.num_threads, self.spin_policy))
+            chosen: Dict[tuple, Callable] = {}
+            threads = None  # chosen per run
+
+            def choose(shapes):
+                if len(chosen) > 256:  # a service seeing ever new shapes: forget, re-estimate
+                    chosen.clear()
+                binding = chosen[shapes] = binding_for(self._setting_for(region, shapes))
+                return binding
+
+        def run(env):
+            feeds = {name: env[name] for name in inputs}
+            binding = fixed
+            if binding is None:
+                shapes = tuple(np.shape(v) for v in feeds.values())
+                binding = chosen.get(shapes) or choose(shapes)
+            try:
+                results = binding(outputs, feeds, None)
+            except Exception as exc:
+                shapes = ", ".join(f"{name}: {_describe_value(v)}" for name, v in feeds.items())
+                raise NodeExecutionError(f"{label} failed in onnxruntime on inputs ({shapes}): "
+                                         f"{type(exc).__name__}: {exc}") from exc
+            for name, value in zip(outputs, results):
+                env[name] = value
+
+        step = Step(region, Kernel("onnxruntime", None, label), run, [])
+        step.threads = threads
+        return step
+
+    def _region_model(self, region: Region, weights: bool = True) -> onnx.ModelProto:
+        """The region as a model: its inputs typed, its weights as initializers (weights=False:
+        weights over 1024 elements become typed inputs instead, for shape inference)."""
+        try:
+            return self._build_region_model(region, weights)
+        except InvalidModelError:
+            raise
+        except Exception as exc:  # a corrupt attribute (a name that is not UTF-8, a bad tensor)
+            raise InvalidModelError(f"cannot rebuild {region.describe()} for onnxruntime (corrupt node "
+                                    f"attribute?): {type(exc).__name__}: {exc}") from exc
+
+    def _build_region_model(self, region: Region, weights: bool) -> onnx.ModelProto:
+        inputs = []
+        for name in region.inputs:
+            dtype, shape = self._types.get(name, (None, None))
+            if dtype is None:
+                raise InvalidModelError(
+                    f"{region.describe()} reads tensor {name!r}, whose type the model does not declare and "
+                    f"gncpu cannot infer; onnxruntime needs it. engine=\"gncpu\" runs the model as it is")
+            inputs.append(onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(dtype),
+                                                             shape))
+        outputs = [onnx.ValueInfoProto(name=name) for name in region.outputs]  # onnxruntime infers them
+        initializers = []
+        for name in region.initializers:
+            value = np.asarray(self.graph.initializers[name])
+            if weights or value.size <= 1024:
+                initializers.append(numpy_helper.from_array(value, name))
+            else:
+                inputs.append(onnx.helper.make_tensor_value_info(
+                    name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape))
+        body = onnx.helper.make_graph([node_to_proto(n) for n in region.nodes], f"region_{region.index}",
+                                      inputs, outputs, initializer=initializers)
+        opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in self.graph.opsets.items()
+                  if domain != "gncpu"]
+        return onnx.helper.make_model(body, opset_imports=opsets)
+
+    def _claimed_step(self, part: Claimed) -> Step:
+        node = part.node
+        kernel = bind_kernel(node, self.graph.opsets, set(self._types) | _produced(self.graph))
+        self._record_claimed_types(node)
+        inputs, outputs = list(node.inputs), list(node.outputs)
+        threaded_from = THREADED_GROUP_NORM_ELEMENTS if is_group_norm(node) and self.num_threads > 1 else 0
+
+        def run(env):
+            args = [env[name] if name else None for name in inputs]
+            try:
+                if threaded_from and np.size(args[0]) < threaded_from:
+                    with context.using_threads(1):  # see THREADED_GROUP_NORM_ELEMENTS
+                        results = kernel.run(args, env)
+                else:
+                    results = kernel.run(args, env)
+            except NodeExecutionError:
+                raise
+            except Exception as exc:
+                shapes = ", ".join(f"{name}: {_describe_value(v)}" for name, v in zip(inputs, args) if name)
+                raise NodeExecutionError(
+                    f"{node.describe()} failed on inputs ({shapes}): {type(exc).__name__}: {exc}") from exc
+            for name, value in zip(outputs, results):
+                if name:
+                    env[name] = value
+
+        return Step(part, kernel, run, [])
+
+    def _record_claimed_types(self, node) -> None:
+        """Output types of a node gncpu runs, for the regions that read them."""
+        if node.op_type in ("If", "Loop") and node.domain == "":
+            body = node.attrs.get("then_branch") or node.attrs.get("body")
+            declared = body.outputs[1:] if node.op_type == "Loop" else body.outputs
+            for name, info in zip(node.outputs, declared):
+                if name and name not in self._types:
+                    self._types[name] = (info.dtype, None)
+            return
+        # GroupNorm: every output (y, and SkipGroupNorm's sum) has x's type and shape.
+        x_type = self._types.get(node.inputs[0], (None, None))
+        for name in node.outputs:
+            if name:
+                self._types[name] = x_type
+
+    # ------------------------------------------------------------------ run
+    def execute(self, feeds: Dict[str, object], on_step: Optional[Callable] = None) -> Dict[str, object]:
+        env = dict(self.held)
+        env.update(feeds)
+        if on_step is None:
+            for step in self.steps:
+                step.run(env)
+                for name in step.free_after:
+                    env.pop(name, None)
+            return env
+        for step in self.steps:
+            start = time.perf_counter()
+            step.run(env)
+            on_step(step, time.perf_counter() - start)
+            for name in step.free_after:
+                env.pop(name, None)
+        return env
+
+    def describe(self) -> dict:
+        """The split, for stats(): counts plus one entry per part in run order."""
+        info = describe_partition(self.parts)
+        info["parts"] = [
+            {"kind": "onnxruntime", "label": p.describe(), "nodes": len(p.nodes),
+             "inputs": list(p.inputs), "outputs": list(p.outputs)} if isinstance(p, Region) else
+            {"kind": "gncpu", "label": p.node.describe(), "nodes": 1,
+             "inputs": [n for n in p.node.inputs if n], "outputs": [n for n in p.node.outputs if n]}
+            for p in self.parts]
+        info["region_threads"] = [s.threads for s in self.steps if isinstance(s.part, Region)]
+        info["intra_op_num_threads"] = self.num_threads
+        info["spin_policy"] = self.spin_policy
+        return info
+
+
+def _assign_frees(steps: List[Step], keep: set) -> None:
+    """Drop each crossing tensor after the last part that reads it."""
+    last_reader: Dict[str, int] = {}
+    for index, step in enumerate(steps):
+        reads = step.part.inputs if isinstance(step.part, Region) else node_reads(step.part.node)
+        for name in reads:
+            last_reader[name] = index
+    for name, index in last_reader.items():
+        if name not in keep:
+            steps[index].free_after.append(name)
+
+
+def _known_types(graph: Graph) -> Dict[str, tuple]:
+    """(dtype, static shape) of the names the file declares: inputs, value_info, weights."""
+    types = {name: (info.dtype, _static_dims(info.shape)) for name, info in graph.value_info.items()}
+    types.update({v.name: (v.dtype, _static_dims(v.shape)) for v in graph.inputs})
+    for name, value in graph.initializers.items():
+        if isinstance(value, np.ndarray):
+            types[name] = (value.dtype, list(value.shape))
+    return types
+
+
+def _static_dims(shape):
+    """A shape for a region input: fixed dims kept, symbolic ones unnamed (onnxruntime
+    would take two inputs sharing a dim name as equal in that dim)."""
+    if shape is None:
+        return None
+    return [d if isinstance(d, int) and d >= 0 else None for d in shape]
+
+
+def _produced(graph: Graph) -> set:
+    return {name for node in graph.nodes for name in node.outputs if name}
+
+
+_TYPE_STRINGS = {f"tensor({name.lower()})": value for name, value in onnx.TensorProto.DataType.items()}
+
+
+def _dtype_of_type_string(type_string: str):
+    elem = _TYPE_STRINGS.get(type_string)
+    return None if elem is None else tensor_dtype(elem)
+
