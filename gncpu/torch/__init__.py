@@ -10,5 +10,8 @@ Importing this package registers the op and the "gncpu" compile backend.
 from ._op import group_norm, torch_group_norm
 from .module import GroupNorm
 from .optimize import OptimizeReport, optimize
+from .backend import gncpu_backend, register as _register_backend
 
-__all__ = ["group_norm", "torch_group_norm", "GroupNorm", "optimize", "OptimizeReport"]
+_register_backend()
+
+__all__ = ["group_norm", "torch_group_norm", "GroupNorm", "optimize", "OptimizeReport", "gncpu_backend"]

@@ -65,12 +65,10 @@ def _check(input, num_groups, weight, bias, activation):
 
 
 def _kernel_layout(x):
-    """x itself if gncpu reads it without a copy (contiguous, or torch's
-    channels_last / channels_last_3d), else a contiguous copy."""
-    if x.is_contiguous():
-        return x
-    if (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)) or \
-            (x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)):
+    """x itself if gncpu reads it without a copy: contiguous, or channels-last
+    strides (torch's channels_last / channels_last_3d, or an (N, C, L) view of
+    (N, L, C) memory, as attention blocks pass); else a contiguous copy."""
+    if x.is_contiguous() or (x.dim() >= 3 and x.movedim(1, -1).is_contiguous()):
         return x
     return x.contiguous()
 
