@@ -94,16 +94,59 @@ def _group_norm_cpu(input: torch.Tensor, num_groups: int, weight: Optional[torch
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
-    compute = torch.float32 if x.dtype in _REDUCED_DTYPES else x.dtype
-    # one float32 buffer, normalized in place: two conversion passes in all
-    work = x.to(compute) if compute != x.dtype else x
-    dest = work if compute != x.dtype else out
-    gncpu.group_norm(work.numpy(), num_groups, _as_numpy_param(weight, compute),
-                     _as_numpy_param(bias, compute), eps, activation=activation,
-                     out=dest.numpy(), num_threads=torch.get_num_threads())
-    if dest is not out:
-        out.copy_(dest)
+    if x.dtype in _REDUCED_DTYPES:
+        _reduced_precision(x, out, num_groups, weight, bias, eps, activation)
+    else:
+        _kernel(x, out, num_groups, weight, bias, eps, activation)
     return out
+
+
+def _kernel(x, out, num_groups, weight, bias, eps, activation):
+    """gncpu.group_norm on the tensors' memory (NumPy views, no copy)."""
+    gncpu.group_norm(x.numpy(), num_groups, _as_numpy_param(weight, x.dtype),
+                     _as_numpy_param(bias, x.dtype), eps, activation=activation,
+                     out=out.numpy(), num_threads=torch.get_num_threads())
+
+
+# float16/bfloat16 run through float32 slabs of at most this many elements
+# (2 MiB: the two cores' L2 here): each slab is converted, normalized in place and
+# converted back while it is in cache, so memory sees the 2-byte data only
+# (one read, one write) instead of a full float32 copy each way.
+SLAB_ELEMENTS = 1 << 19
+
+
+def _slabs(x, num_groups):
+    """(index, channel slice, groups): pieces of x that normalize on their
+    own: whole samples, or (contiguous x) runs of groups within a sample."""
+    n, channels = x.shape[:2]
+    sample = x[0].numel() if n else 0
+    if sample <= SLAB_ELEMENTS or not x.is_contiguous():
+        step = max(1, SLAB_ELEMENTS // max(sample, 1))
+        for start in range(0, n, step):
+            yield (slice(start, start + step),), slice(None), num_groups
+        return
+    group_channels = channels // num_groups
+    step = max(1, SLAB_ELEMENTS // (sample // num_groups))
+    for i in range(n):
+        for g in range(0, num_groups, step):
+            k = min(step, num_groups - g)
+            chans = slice(g * group_channels, (g + k) * group_channels)
+            yield (slice(i, i + 1), chans), chans, k
+
+
+def _reduced_precision(x, out, num_groups, weight, bias, eps, activation):
+    weight = None if weight is None else weight.detach().float()
+    bias = None if bias is None else bias.detach().float()
+    buffer = None
+    for index, chans, groups in _slabs(x, num_groups):
+        src = x[index]
+        if buffer is None:  # the first slab is the largest
+            buffer = torch.empty_like(src, dtype=torch.float32)
+        work = buffer[tuple(slice(0, size) for size in src.shape)]
+        work.copy_(src)
+        _kernel(work, work, groups, None if weight is None else weight[chans],
+                None if bias is None else bias[chans], eps, activation)
+        out[index].copy_(work)
 
 
 def cuda_supports(dtype, activation):
