@@ -190,21 +190,25 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     # compiled kernels record profiler events (a no-op check when no profiler runs)
     torch._inductor.config.cpp.enable_kernel_profile = True
-    lines = [f"torch {torch.__version__}, gncpu {gncpu.__version__}, {args.threads} threads, {cpu_name()}", ""]
+    lines = []
+
+    def emit(section):  # print each section as it completes: a full run takes minutes
+        lines.extend(section + [""])
+        print("\n".join(section + [""]), flush=True)
+
+    emit([f"torch {torch.__version__}, gncpu {gncpu.__version__}, {args.threads} threads, {cpu_name()}"])
     if "vae" not in args.skip:
         model, inputs = vae_decoder(args.latent)
         size = 8 * args.latent
-        lines += bench_model(f"diffusers AutoencoderKL decoder (SD VAE config), latent 1x4x{args.latent}x"
-                             f"{args.latent} -> {size}x{size}", model, inputs, args.rounds) + [""]
+        emit(bench_model(f"diffusers AutoencoderKL decoder (SD VAE config), latent 1x4x{args.latent}x"
+                         f"{args.latent} -> {size}x{size}", model, inputs, args.rounds))
     if "unet" not in args.skip:
         model, inputs = unet(args.unet_size)
-        lines += bench_model(f"diffusers UNet2DModel (128-256-256-512), 1x3x{args.unet_size}x{args.unet_size}",
-                             model, inputs, args.rounds) + [""]
+        emit(bench_model(f"diffusers UNet2DModel (128-256-256-512), 1x3x{args.unet_size}x{args.unet_size}",
+                         model, inputs, args.rounds))
     if "op" not in args.skip:
-        shapes = OP_SHAPES[:2] if args.quick else OP_SHAPES
-        lines += bench_op(shapes, args.op_rounds)
+        emit(bench_op(OP_SHAPES[:2] if args.quick else OP_SHAPES, args.op_rounds))
     text = "\n".join(lines)
-    print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text + "\n")

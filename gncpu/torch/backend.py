@@ -59,9 +59,9 @@ def _only_output(node):
     return first
 
 
-def _fake_value(node):
-    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else node
-    return value
+def _fake_value(arg):
+    """A node's traced (fake) value; constants as they are."""
+    return arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg
 
 
 def rewrite_group_norms(gm):
