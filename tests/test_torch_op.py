@@ -256,17 +256,3 @@ def test_import_gncpu_does_not_import_torch():
                             text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
-
-@pytest.mark.parametrize("slab", [40, 64, 300])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
-def test_reduced_precision_slabs(rng, monkeypatch, slab, dtype, memory_format):
-    """float16/bfloat16 go through float32 slabs: runs of groups within a
-    sample, or whole samples (channels-last, or samples smaller than a slab)."""
-    monkeypatch.setattr(_op, "SLAB_ELEMENTS", slab)
-    x, weight, bias, eps = random_case(rng, (3, 8, 4, 4), dtype)
-    if memory_format == "channels_last":
-        x = channels_last(x)
-    y = gt.group_norm(x, 4, weight, bias, eps, "gelu")
-    assert y.stride() == x.stride()
-    assert_matches(y, x, 4, weight, bias, eps, "gelu")
