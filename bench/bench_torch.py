@@ -4,7 +4,8 @@
   models: a diffusers AutoencoderKL decoder (Stable Diffusion's VAE config,
           random weights) and a diffusers UNet2DModel; contenders: eager
           torch, gncpu.torch.optimize(model), torch.compile (inductor) and
-          torch.compile(backend="gncpu"). End-to-end time, each contender's
+          torch.compile(backend="gncpu"), the last two also with inductor's
+          freezing. End-to-end time, each contender's
           ratio to eager (median of per-round ratios), and the share of
           GroupNorm + SiLU in each (torch.profiler; inductor's generated kernels
           are named after the ops they fuse and record events with
@@ -60,9 +61,13 @@ def unet(size):
 
 def contenders(model):
     """name -> callable, each on its own copy of the model."""
+    frozen = torch.compile(copy.deepcopy(model), options={"freezing": True})
     return {"eager": model, "optimize": gt.optimize(copy.deepcopy(model)),
             "inductor": torch.compile(copy.deepcopy(model)),
-            "gncpu backend": torch.compile(copy.deepcopy(model), backend="gncpu")}
+            "gncpu backend": torch.compile(copy.deepcopy(model), backend="gncpu"),
+            "inductor, freezing": frozen,
+            "gncpu backend, freezing": torch.compile(copy.deepcopy(model), backend="gncpu",
+                                                     options={"freezing": True})}
 
 
 def output(result):
@@ -127,6 +132,7 @@ def bench_model(title, model, inputs, rounds):
                      f"{errors[name][0]:.1e} | {errors[name][1]:.1f} |")
     lines.append("")
     lines.append(f"gncpu backend / inductor: {ratio_to(times, 'gncpu backend', 'inductor'):.3f}; "
+                 f"with freezing: {ratio_to(times, 'gncpu backend, freezing', 'inductor, freezing'):.3f}; "
                  f"optimize / eager: {ratio_to(times, 'optimize', 'eager'):.3f} "
                  f"({rounds} interleaved rounds, median of per-round ratios)")
     if hasattr(fns["optimize"], "gncpu_report"):

@@ -228,12 +228,13 @@ def test_backend_eager_inner(name, monkeypatch):
     assert gt.gncpu_backend.stats == {"rewritten": norms, "fused": expected_fusions(module)}
 
 
-def test_backend_inductor_on_vae_decoder(monkeypatch):
+@pytest.mark.parametrize("freezing", [False, True])
+def test_backend_inductor_on_vae_decoder(monkeypatch, freezing):
     if not gncpu_backend_module.inductor_available():
         pytest.skip("inductor needs a C++ compiler")
     decoder = tiny_vae().decoder
     monkeypatch.setattr(gt.gncpu_backend, "stats", {"rewritten": 0, "fused": 0})
-    compiled = torch.compile(decoder, backend="gncpu", fullgraph=True)
+    compiled = torch.compile(decoder, backend="gncpu", fullgraph=True, options={"freezing": freezing})
     latents = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         assert_close_rel(compiled(latents), decoder(latents))

@@ -138,7 +138,7 @@ def _report(rewritten, fused):
     gncpu_backend.stats["fused"] += fused
 
 
-def _inductor(gm, example_inputs):
+def _inductor(gm, example_inputs, freezing):
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
     from torch._inductor.decomposition import select_decomp_table
 
@@ -151,7 +151,9 @@ def _inductor(gm, example_inputs):
             graph_module = _redecompose(graph_module, inputs, full)
         return compile_fx_inner(graph_module, inputs, **kwargs)
 
-    return compile_fx(gm, example_inputs, inner_compile=inner_compile, decompositions=table)
+    patches = {"freezing": True} if freezing else None
+    return compile_fx(gm, example_inputs, inner_compile=inner_compile, decompositions=table,
+                      config_patches=patches)
 
 
 def _eager(gm, example_inputs):
@@ -171,15 +173,22 @@ def _eager(gm, example_inputs):
 
 
 def gncpu_backend(gm, example_inputs, options=None):
-    """The "gncpu" torch.compile backend. options={"inductor": False} runs
-    the rewritten graphs eagerly instead of through inductor."""
+    """The "gncpu" torch.compile backend. options: {"inductor": False} runs
+    the rewritten graphs eagerly instead of through inductor; {"freezing":
+    True} sets inductor's freezing for these graphs (parameters become
+    constants, convolutions use prepacked oneDNN weights: later changes to
+    the weights are not seen)."""
     options = dict(options or {})
     use_inductor = options.pop("inductor", None)
+    freezing = bool(options.pop("freezing", False))
     if options:
-        raise ValueError(f"gncpu backend: unknown options {sorted(options)}; expected 'inductor'")
+        raise ValueError(f"gncpu backend: unknown options {sorted(options)}; expected 'inductor', "
+                         f"'freezing'")
     if use_inductor is None:
         use_inductor = inductor_available()
-    return (_inductor if use_inductor else _eager)(gm, example_inputs)
+    if use_inductor:
+        return _inductor(gm, example_inputs, freezing)
+    return _eager(gm, example_inputs)
 
 
 # graphs rewritten and activations fused since import (tests and reports read it)
