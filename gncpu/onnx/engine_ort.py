@@ -43,7 +43,7 @@ from . import context
 from .errors import InvalidModelError, NodeExecutionError
 from .graph import Graph, node_to_proto, tensor_dtype
 from .partition import Claimed, Part, Region, describe_partition, is_group_norm, partition_graph
-from .plan import Kernel, _describe_value, bind_kernel, node_reads
+from .plan import Kernel, _describe_value, bind_kernel, node_reads, specialize
 from .region_cost import HUGE_REGION_WORK, SMALL_REGION_WORK, region_work
 
 # How onnxruntime's workers wait for work: policy -> (allow_spinning, force_spinning_stop).
@@ -249,7 +249,8 @@ class OrtEngine:
 
     def _claimed_step(self, part: Claimed) -> Step:
         node = part.node
-        kernel = bind_kernel(node, self.graph.opsets, set(self._types) | _produced(self.graph))
+        kernel = specialize(node, bind_kernel(node, self.graph.opsets, set(self._types) | _produced(self.graph)),
+                            self.graph.initializers)
         self._record_claimed_types(node)
         inputs, outputs = list(node.inputs), list(node.outputs)
         threaded_from = THREADED_GROUP_NORM_ELEMENTS if is_group_norm(node) and self.num_threads > 1 else 0

@@ -198,6 +198,19 @@ def bind_kernel(node: Node, opsets: Dict[str, int], outer: Set[str]) -> Kernel:
         f"neither native nor in onnx.reference. Native ops in that domain: {', '.join(native) or 'none'}")
 
 
+def specialize(node: Node, kernel: Kernel, constants: Dict[str, object]) -> Kernel:
+    """`kernel` with a call prepared from the node's constant inputs, where its op
+    offers one: gncpu's fused GroupNorm checks its weights once at load instead
+    of on every run (see ops/group_norm.prepare_fused_group_norm)."""
+    if kernel.kind == "native" and node.domain == "gncpu" and node.op_type == "GroupNorm":
+        from .ops.group_norm import prepare_fused_group_norm
+
+        call = prepare_fused_group_norm(node, constants)
+        if call is not None:
+            return Kernel("native", lambda args, env: (call(*args),), kernel.label, call)
+    return kernel
+
+
 # ----------------------------------------------------------------------------
 # the plan
 
@@ -223,7 +236,9 @@ class Plan:
     def __init__(self, graph: Graph, outer: Set[str] = frozenset()):
         self.graph = graph
         order = topological_order(graph, outer)
-        self.steps = [Step(node, bind_kernel(node, graph.opsets, set(outer) | _defined(graph))) for node in order]
+        defined = set(outer) | _defined(graph)
+        self.steps = [Step(node, specialize(node, bind_kernel(node, graph.opsets, defined), graph.initializers))
+                      for node in order]
         self.output_names = [v.name for v in graph.outputs]
         self._assign_frees()
         self._compile()

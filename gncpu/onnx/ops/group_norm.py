@@ -13,9 +13,11 @@ The two ai.onnx versions are incompatible, so an opset-18 model must run the
 18 semantics even though onnx.checker now rejects it and
 onnx.version_converter (20 -> 21) leaves its scale at (G).
 """
+import functools
+
 import numpy as np
 
-from ... import functional
+from ... import _config, functional
 from .. import context
 from ..registry import register
 
@@ -180,3 +182,58 @@ def fused_group_norm(x, scale=None, bias=None, skip=None, skip_bias=None, *, num
         raise ValueError(f"{op}: a second output (the sum) needs a skip or skip_bias input")
     return _run(x, groups, scale, bias, epsilon, activation=activation, channels_last=channels_last,
                 skip=skip, skip_bias=skip_bias, return_sum=return_sum)
+
+
+def prepare_fused_group_norm(node, constants):
+    """A faster call for a gncpu GroupNorm node whose scale and bias are
+    constants (what the fusion passes emit), or None when it has a skip input
+    or its attributes would fail (the general op then raises the clear error).
+
+    The node's attributes and weights are checked once, here, exactly as
+    fused_group_norm checks them; a run then only checks that x is a
+    C-contiguous float32/float64 array with the expected channels and calls
+    the kernel, which saves the ~4 us of per-call validation that dominated
+    GroupNorms on small activations. Anything else (float16, strided or
+    channels-last views, a wrong shape) goes through fused_group_norm, so
+    results and errors are those of the general op."""
+    from ...kernel import kernels
+
+    inputs = list(node.inputs) + [""] * (5 - len(node.inputs))
+    if any(inputs[3:]) or len(node.outputs) != 1:
+        return None
+    attrs = node.attrs
+    activation = attrs.get("activation", "")
+    epsilon = float(attrs.get("epsilon", 1e-5))
+    groups = attrs.get("num_groups")
+    if activation not in FUSED_ACTIVATIONS or groups is None or not 0.0 <= epsilon < np.inf:
+        return None
+    try:
+        params = [None if not name else np.asarray(constants[name]) for name in inputs[1:3]]
+    except KeyError:  # scale or bias computed at run time
+        return None
+    channels = next((p.shape[0] for p in params if p is not None and p.ndim == 1), None)
+    groups = int(groups)
+    if (channels is None or groups <= 0 or channels % groups
+            or any(p is not None and (p.shape != (channels,) or p.dtype.kind != "f") for p in params)):
+        return None
+    code = kernels.ACTIVATION_CODES[activation or None]
+    channels_last = bool(attrs.get("channels_last", 0))
+    axis = -1 if channels_last else 1
+    weights = {dtype: [None if p is None else np.ascontiguousarray(p, dtype) for p in params]
+               for dtype in (np.dtype(np.float32), np.dtype(np.float64))}
+    general = functools.partial(fused_group_norm, num_groups=groups, epsilon=epsilon, activation=activation,
+                                channels_last=int(channels_last))
+    min_rank = 3 if channels_last else 2
+    resolve_threads = _config.resolve_threads
+
+    def call(x, scale=None, bias=None, *rest):
+        if (type(x) is np.ndarray and x.dtype in weights and x.ndim >= min_rank
+                and x.shape[axis] == channels and x.flags.c_contiguous and x.size):
+            w, b = weights[x.dtype]
+            y = np.empty_like(x)
+            kernels.group_norm(x, y, w, b, groups, epsilon, code, resolve_threads(context.num_threads(), x.size),
+                               channels_last)
+            return y
+        return general(x, scale, bias, *rest)
+
+    return call
