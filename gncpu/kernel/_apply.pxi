@@ -10,6 +10,20 @@
 # materialized in `buf` (the caller's sum output, or the output itself); the
 # plans do that before the statistics, so these loops read `buf`.
 
+cdef extern from "_vecact.h":
+    # float32 SiLU / GELU-tanh applies in AVX2 / AVX-512 intrinsics (see
+    # _vecact.h); 0 in the baseline variant, which keeps the loops below.
+    const bint GNCPU_HAVE_VECTOR_ACT
+    void gn_affine_sigmoid_act_f32(const float* x, float* y, Py_ssize_t n, const float* head,
+                                   const float* a, const float* b, Py_ssize_t step,
+                                   int gelu_tanh) noexcept nogil
+
+
+cdef inline bint vector_act(int activation) noexcept nogil:
+    """Whether float32 `activation` has the intrinsics apply of _vecact.h."""
+    return GNCPU_HAVE_VECTOR_ACT and (activation == ACT_SILU or activation == ACT_GELU_TANH)
+
+
 cdef inline real silu(real v) noexcept nogil:
     if real is float:
         return gn_silu_f32(v)
@@ -70,6 +84,13 @@ cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* 
 cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real head, real a,
                                    real b, int activation) noexcept nogil:
     cdef Py_ssize_t i
+    if real is float:
+        if vector_act(activation):  # literal flags: each call compiles to its own loop
+            if activation == ACT_SILU:
+                gn_affine_sigmoid_act_f32(x, y, n, &head, &a, &b, 0, 0)
+            else:
+                gn_affine_sigmoid_act_f32(x, y, n, &head, &a, &b, 0, 1)
+            return
     if activation == ACT_NONE:
         for i in range(n):
             y[i] = (x[i] - head) * a + b
@@ -90,6 +111,13 @@ cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real he
 cdef inline void affine_table_run(const real* x, real* y, Py_ssize_t n, const real* head,
                                   const real* a, const real* b, int activation) noexcept nogil:
     cdef Py_ssize_t i
+    if real is float:
+        if vector_act(activation):  # literal flags: each call compiles to its own loop
+            if activation == ACT_SILU:
+                gn_affine_sigmoid_act_f32(x, y, n, head, a, b, 1, 0)
+            else:
+                gn_affine_sigmoid_act_f32(x, y, n, head, a, b, 1, 1)
+            return
     if activation == ACT_NONE:
         for i in range(n):
             y[i] = (x[i] - head[i]) * a[i] + b[i]
