@@ -43,11 +43,17 @@ def make_workload(name):
         x = rng.standard_normal((2, 64, 64, 64)).astype(np.float32)
         w, b = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
         return lambda: gncpu.group_norm(x, 32, w, b, activation="silu", num_threads=2)
-    if name == "onnx_session":
+    if name in ("onnx_session", "onnx_session_ort"):
         from gncpu.onnx import InferenceSession
         from service_models import conv_gn_silu_model, feeds_for
 
-        session = InferenceSession(conv_gn_silu_model(), num_threads=2)
+        if name == "onnx_session":
+            session = InferenceSession(conv_gn_silu_model(), num_threads=2, engine="gncpu")
+        else:
+            # A GroupNorm big enough for the onnxruntime engine to run it on 2 threads, and a
+            # Conv region that gets an onnxruntime thread pool.
+            session = InferenceSession(conv_gn_silu_model(shape=(2, 64, 64, 64)), num_threads=2,
+                                       engine="onnxruntime")
         feeds = feeds_for(session)
         return lambda: session.run(None, feeds)[0]
     raise SystemExit(f"unknown workload {name!r}")

@@ -41,7 +41,7 @@ def run_fork_check(workload, mechanism, out_path):
 
 
 @pytest.mark.parametrize("mechanism", ["pool", "executor", "os_fork"])
-@pytest.mark.parametrize("workload", ["group_norm", "onnx_session"])
+@pytest.mark.parametrize("workload", ["group_norm", "onnx_session", "onnx_session_ort"])
 def test_forked_children_compute_the_parents_results(workload, mechanism, tmp_path):
     out = tmp_path / "results.npz"
     returncode, output = run_fork_check(workload, mechanism, out)

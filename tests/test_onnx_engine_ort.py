@@ -4,6 +4,7 @@ The partition (gncpu.onnx.partition) is tested on its own, on hand-built
 graphs for each shape of cut; the engine is tested end to end against
 onnx.reference, plain onnxruntime and the float64 oracle (gncpu.reference)."""
 import glob
+import math
 import os
 import sys
 import threading
@@ -400,3 +401,25 @@ def test_malformed_model_still_fails_at_load():
                    [_vi("y", None), _vi("z", None)], weights)
     with pytest.raises(InvalidModelError, match="reads tensor 'nowhere'"):
         _session(model)
+
+
+def _float64_erf_model():
+    # onnxruntime has no float64 Erf kernel; the embedded engine has one.
+    graph = helper.make_graph([helper.make_node("Erf", ["x"], ["y"])], "erf64",
+                              [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [3, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [3, 5])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_auto_falls_back_to_the_embedded_engine_when_onnxruntime_cannot_load_the_model():
+    from gncpu.onnx import EngineFallbackWarning
+
+    model = _float64_erf_model()
+    with pytest.warns(EngineFallbackWarning, match="Erf"):
+        session = InferenceSession(model, engine="auto")
+    assert session.engine == "gncpu"
+    x = np.linspace(-3, 3, 15).reshape(3, 5)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], [[math.erf(v) for v in row] for row in x],
+                               rtol=1e-15, atol=1e-15)
+    with pytest.raises(InvalidModelError, match=r"onnxruntime cannot load .*Erf.*engine=\"gncpu\""):
+        InferenceSession(model, engine="onnxruntime")

@@ -38,7 +38,7 @@ def test_ray_data_map_batches_with_a_session_per_actor(local_ray_cluster):
                                batch_size=2, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1,
                                batch_format="numpy").take_all()
 
-    local = InferenceSession(VAE_DECODER)
+    local = InferenceSession(VAE_DECODER, num_threads=1)  # the actors' options
     assert sorted(int(row["index"]) for row in rows) == list(range(len(latents)))
     for row in rows:
         expected = local.run(None, {"x": latents[int(row["index"])][None]})[0][0]

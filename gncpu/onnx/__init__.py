@@ -15,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without onnx ins
         'install it with: pip install onnx threadpoolctl scipy (the onnx extra)') from exc
 
 from .errors import InvalidModelError, NodeExecutionError  # noqa: E402
-from .session import FallbackWarning, InferenceSession, NodeArg  # noqa: E402
+from .session import EngineFallbackWarning, FallbackWarning, InferenceSession, NodeArg  # noqa: E402
 
-__all__ = ["InferenceSession", "NodeArg", "InvalidModelError", "NodeExecutionError", "FallbackWarning"]
+__all__ = ["InferenceSession", "NodeArg", "InvalidModelError", "NodeExecutionError", "FallbackWarning",
+           "EngineFallbackWarning"]

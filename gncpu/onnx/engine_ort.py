@@ -58,6 +58,11 @@ THREADED_GROUP_NORM_ELEMENTS = 1 << 19
 INSTALL_HINT = 'pip install "gncpu[ort]" (or: pip install onnxruntime)'
 
 
+class OnnxruntimeCannotLoad(InvalidModelError):
+    """onnxruntime refused a region (an op or type it has no kernel for): the
+    model is valid, and engine="gncpu" can run it."""
+
+
 def import_onnxruntime():
     """onnxruntime, or an ImportError that says how to install it."""
     try:
@@ -133,7 +138,7 @@ class OrtEngine:
                                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             ops = sorted({(f"{n.domain}::" if n.domain else "") + n.op_type for n in region.nodes})
-            raise InvalidModelError(
+            raise OnnxruntimeCannotLoad(
                 f"onnxruntime cannot load {region.describe()}, ops {ops}: {type(exc).__name__}: {exc}; "
                 f'engine="gncpu" runs the model without onnxruntime') from exc
         for out in session.get_outputs():

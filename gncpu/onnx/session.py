@@ -34,6 +34,10 @@ class FallbackWarning(UserWarning):
     """Some nodes run through onnx.reference (correct, but slow)."""
 
 
+class EngineFallbackWarning(UserWarning):
+    """engine="auto" chose onnxruntime, which cannot load the model: the embedded engine runs it."""
+
+
 @dataclass(frozen=True)
 class NodeArg:
     """A graph input or output as onnxruntime describes it."""
@@ -167,9 +171,20 @@ class InferenceSession:
                 # Constants: ops never write them, and read-only marks them safe to cache derived values of.
                 value.flags.writeable = False
         self._graph = graph
+        self._ort = None
         if self.engine == "onnxruntime":
-            from .engine_ort import OrtEngine
-            self._ort = OrtEngine(graph, num_threads if num_threads is not None else _default_threads())
+            from .engine_ort import OnnxruntimeCannotLoad, OrtEngine
+            try:
+                self._ort = OrtEngine(graph, num_threads if num_threads is not None else _default_threads())
+            except OnnxruntimeCannotLoad as exc:
+                if engine != "auto":
+                    raise
+                # "auto" promises a session that runs: onnxruntime lacks a kernel for some node
+                # (e.g. Erf on float64), and the embedded engine has one.
+                warnings.warn(f"gncpu.onnx: {exc}. engine=\"auto\" runs this model on the embedded engine "
+                              f"(engine=\"gncpu\") instead", EngineFallbackWarning, stacklevel=2)
+                self.engine = "gncpu"
+        if self._ort is not None:
             self._plan = None
             # The only buffers a run holds besides the feeds (the rest live inside onnxruntime).
             self._held_arrays = [a for a in self._ort.held.values() if isinstance(a, np.ndarray)]
