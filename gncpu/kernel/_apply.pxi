@@ -11,17 +11,32 @@
 # plans do that before the statistics, so these loops read `buf`.
 
 cdef extern from "_vecact.h":
-    # float32 SiLU / GELU-tanh applies in AVX2 / AVX-512 intrinsics (see
-    # _vecact.h); 0 in the baseline variant, which keeps the loops below.
+    # float32 SiLU / GELU-tanh / GELU applies in AVX2 / AVX-512 intrinsics
+    # (see _vecact.h); 0 in the baseline variant, which keeps the loops below.
     const bint GNCPU_HAVE_VECTOR_ACT
-    void gn_affine_sigmoid_act_f32(const float* x, float* y, Py_ssize_t n, const float* head,
-                                   const float* a, const float* b, Py_ssize_t step,
-                                   int gelu_tanh) noexcept nogil
+    enum: GN_VECTOR_SILU, GN_VECTOR_GELU_TANH, GN_VECTOR_GELU
+    void gn_affine_act_f32(const float* x, float* y, Py_ssize_t n, const float* head,
+                           const float* a, const float* b, Py_ssize_t step,
+                           int kind) noexcept nogil
 
 
 cdef inline bint vector_act(int activation) noexcept nogil:
     """Whether float32 `activation` has the intrinsics apply of _vecact.h."""
-    return GNCPU_HAVE_VECTOR_ACT and (activation == ACT_SILU or activation == ACT_GELU_TANH)
+    return GNCPU_HAVE_VECTOR_ACT and (activation == ACT_SILU or activation == ACT_GELU_TANH
+                                      or activation == ACT_GELU)
+
+
+cdef inline void vector_act_run(const float* x, float* y, Py_ssize_t n, const float* head,
+                                const float* a, const float* b, Py_ssize_t step,
+                                int activation) noexcept nogil:
+    """gn_affine_act_f32 with the kind as a literal in each call: each
+    compiles to its own loop, with no test of the kind per vector."""
+    if activation == ACT_SILU:
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_SILU)
+    elif activation == ACT_GELU_TANH:
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU_TANH)
+    else:
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU)
 
 
 cdef inline real silu(real v) noexcept nogil:
@@ -85,11 +100,8 @@ cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real he
                                    real b, int activation) noexcept nogil:
     cdef Py_ssize_t i
     if real is float:
-        if vector_act(activation):  # literal flags: each call compiles to its own loop
-            if activation == ACT_SILU:
-                gn_affine_sigmoid_act_f32(x, y, n, &head, &a, &b, 0, 0)
-            else:
-                gn_affine_sigmoid_act_f32(x, y, n, &head, &a, &b, 0, 1)
+        if vector_act(activation):
+            vector_act_run(x, y, n, &head, &a, &b, 0, activation)
             return
     if activation == ACT_NONE:
         for i in range(n):
@@ -112,11 +124,8 @@ cdef inline void affine_table_run(const real* x, real* y, Py_ssize_t n, const re
                                   const real* a, const real* b, int activation) noexcept nogil:
     cdef Py_ssize_t i
     if real is float:
-        if vector_act(activation):  # literal flags: each call compiles to its own loop
-            if activation == ACT_SILU:
-                gn_affine_sigmoid_act_f32(x, y, n, head, a, b, 1, 0)
-            else:
-                gn_affine_sigmoid_act_f32(x, y, n, head, a, b, 1, 1)
+        if vector_act(activation):
+            vector_act_run(x, y, n, head, a, b, 1, activation)
             return
     if activation == ACT_NONE:
         for i in range(n):

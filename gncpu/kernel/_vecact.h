@@ -1,4 +1,4 @@
-/* The float32 fused apply with SiLU or GELU-tanh, in explicit AVX2 / AVX-512
+/* The float32 fused apply with SiLU, GELU-tanh or GELU, in explicit AVX2 / AVX-512
  * intrinsics: y = act((x - head) * a + b), with one (head, a, b) for the run
  * (NCHW) or one per element (NHWC's per-channel table).
  *
@@ -29,6 +29,9 @@
 #include <stddef.h>
 #include <string.h>
 
+/* gn_affine_act_f32's `kind` */
+enum { GN_VECTOR_SILU, GN_VECTOR_GELU_TANH, GN_VECTOR_GELU };
+
 #if defined(__AVX512F__) || defined(__AVX2__)
 #define GNCPU_HAVE_VECTOR_ACT 1
 #include <immintrin.h>
@@ -44,10 +47,15 @@ static inline gn_vf gn_v_sub(gn_vf a, gn_vf b) { return _mm512_sub_ps(a, b); }
 static inline gn_vf gn_v_mul(gn_vf a, gn_vf b) { return _mm512_mul_ps(a, b); }
 static inline gn_vf gn_v_div(gn_vf a, gn_vf b) { return _mm512_div_ps(a, b); }
 static inline gn_vf gn_v_fma(gn_vf a, gn_vf b, gn_vf c) { return _mm512_fmadd_ps(a, b, c); }
-static inline gn_vf gn_v_abs(gn_vf a) { return _mm512_andnot_ps(gn_v_set(-0.0f), a); }
+static inline gn_vf gn_v_minus_abs(gn_vf a) { return _mm512_or_ps(gn_v_set(-0.0f), a); }
 /* where s < 0: y * e, else y */
 static inline gn_vf gn_v_mul_where_negative(gn_vf s, gn_vf y, gn_vf e) {
     return _mm512_mask_mul_ps(y, _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_LT_OQ), y, e);
+}
+/* where s < 0: if_negative, else otherwise */
+static inline gn_vf gn_v_where_negative(gn_vf s, gn_vf if_negative, gn_vf otherwise) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_LT_OQ),
+                                otherwise, if_negative);
 }
 /* t = k + f, k = round(t): 2^t = p(f) * 2^k. Below -160 the product rounds
  * to 0; the clamp keeps f finite for t = -Inf (max returns t if t is NaN). */
@@ -72,9 +80,12 @@ static inline gn_vf gn_v_sub(gn_vf a, gn_vf b) { return _mm256_sub_ps(a, b); }
 static inline gn_vf gn_v_mul(gn_vf a, gn_vf b) { return _mm256_mul_ps(a, b); }
 static inline gn_vf gn_v_div(gn_vf a, gn_vf b) { return _mm256_div_ps(a, b); }
 static inline gn_vf gn_v_fma(gn_vf a, gn_vf b, gn_vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline gn_vf gn_v_abs(gn_vf a) { return _mm256_andnot_ps(gn_v_set(-0.0f), a); }
+static inline gn_vf gn_v_minus_abs(gn_vf a) { return _mm256_or_ps(gn_v_set(-0.0f), a); }
+static inline gn_vf gn_v_where_negative(gn_vf s, gn_vf if_negative, gn_vf otherwise) {
+    return _mm256_blendv_ps(otherwise, if_negative, _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
 static inline gn_vf gn_v_mul_where_negative(gn_vf s, gn_vf y, gn_vf e) {
-    return _mm256_blendv_ps(y, gn_v_mul(y, e), _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_LT_OQ));
+    return gn_v_where_negative(s, gn_v_mul(y, e), y);
 }
 /* k = round(t) by the 1.5 * 2^23 magic (k lands in the low mantissa bits of
  * the returned sum); t is clamped at -125 so 2^k stays a normal number. */
@@ -94,9 +105,10 @@ static inline gn_vf gn_v_scale2(gn_vf p, gn_vf shifted, gn_vf t) {
 }
 #endif
 
-/* e^-|s|, in [0, 1]: _vecmath.h's gn_expf polynomial for 2^f, |f| <= 1/2. */
-static inline gn_vf gn_v_exp_minus_abs(gn_vf s) {
-    gn_vf t = gn_v_mul(gn_v_abs(s), gn_v_set(-1.44269504088896341f));
+/* e^s for s <= ~0 (0 below about -87): _vecmath.h's gn_expf polynomial
+ * for 2^f, |f| <= 1/2. */
+static inline gn_vf gn_v_exp_nonpositive(gn_vf s) {
+    gn_vf t = gn_v_mul(s, gn_v_set(1.44269504088896341f));
     gn_vf f;
     gn_vf k = gn_v_exp2_split(t, &f);
     gn_vf p = gn_v_set(1.3278164e-3f);
@@ -106,6 +118,11 @@ static inline gn_vf gn_v_exp_minus_abs(gn_vf s) {
     p = gn_v_fma(p, f, gn_v_set(6.9314694e-1f));
     p = gn_v_fma(p, f, gn_v_set(1.0000001f));
     return gn_v_scale2(p, k, t);
+}
+
+/* e^-|s|, in [0, 1]. */
+static inline gn_vf gn_v_exp_minus_abs(gn_vf s) {
+    return gn_v_exp_nonpositive(gn_v_minus_abs(s));
 }
 
 /* y / (1 + e^-s) = y sigmoid(s), written as y / (1 + e) or y e / (1 + e). */
@@ -122,26 +139,47 @@ static inline gn_vf gn_v_gelu_tanh(gn_vf y) {
     return gn_v_times_sigmoid(y, gn_v_mul(gn_v_set(1.59576912160573071f), gn_v_add(y, y3)));
 }
 
+/* _vecmath.h's gn_gelu_f32 (erf form, the same Numerical Recipes erfc fit):
+ * y (1 - h) for y >= 0 and y h for y < 0, h = erfc(|y| / sqrt2) / 2. */
+static inline gn_vf gn_v_gelu(gn_vf y) {
+    gn_vf z = gn_v_mul(gn_v_minus_abs(y), gn_v_set(-0.70710678118654752f));
+    gn_vf t = gn_v_div(gn_v_set(1.0f), gn_v_fma(gn_v_set(0.5f), z, gn_v_set(1.0f)));
+    gn_vf p = gn_v_set(0.17087277f), h;
+    p = gn_v_fma(p, t, gn_v_set(-0.82215223f));
+    p = gn_v_fma(p, t, gn_v_set(1.48851587f));
+    p = gn_v_fma(p, t, gn_v_set(-1.13520398f));
+    p = gn_v_fma(p, t, gn_v_set(0.27886807f));
+    p = gn_v_fma(p, t, gn_v_set(-0.18628806f));
+    p = gn_v_fma(p, t, gn_v_set(0.09678418f));
+    p = gn_v_fma(p, t, gn_v_set(0.37409196f));
+    p = gn_v_fma(p, t, gn_v_set(1.00002368f));
+    p = gn_v_fma(p, t, gn_v_set(-1.26551223f));
+    h = gn_v_mul(gn_v_mul(gn_v_set(0.5f), t), gn_v_exp_nonpositive(gn_v_sub(p, gn_v_mul(z, z))));
+    return gn_v_mul(y, gn_v_where_negative(y, h, gn_v_sub(gn_v_set(1.0f), h)));
+}
+
 /* The loops. `step` is 0 for one coefficient triple (NCHW run) and 1 for a
- * per-element table (NHWC row); gelu_tanh selects the activation. */
+ * per-element table (NHWC row); `kind` selects the activation. */
+
 static inline gn_vf gn_v_apply_one(const float* x, const float* head, const float* a,
-                                   const float* b, ptrdiff_t step, int gelu_tanh) {
+                                   const float* b, ptrdiff_t step, int kind) {
     gn_vf v;
     if (step) {
         v = gn_v_fma(gn_v_sub(gn_v_load(x), gn_v_load(head)), gn_v_load(a), gn_v_load(b));
     } else {
         v = gn_v_fma(gn_v_sub(gn_v_load(x), gn_v_set(*head)), gn_v_set(*a), gn_v_set(*b));
     }
-    return gelu_tanh ? gn_v_gelu_tanh(v) : gn_v_silu(v);
+    if (kind == GN_VECTOR_GELU) return gn_v_gelu(v);
+    return kind == GN_VECTOR_GELU_TANH ? gn_v_gelu_tanh(v) : gn_v_silu(v);
 }
 
-static inline void gn_affine_sigmoid_act_f32(const float* x, float* y, ptrdiff_t n,
+static inline void gn_affine_act_f32(const float* x, float* y, ptrdiff_t n,
                                              const float* head, const float* a, const float* b,
-                                             ptrdiff_t step, int gelu_tanh) {
+                                             ptrdiff_t step, int kind) {
     ptrdiff_t i = 0, j;
     for (; i + GN_VW <= n; i += GN_VW) {
         gn_v_store(y + i, gn_v_apply_one(x + i, head + i * step, a + i * step, b + i * step,
-                                         step, gelu_tanh));
+                                         step, kind));
     }
     if (i < n) {  /* the tail, zero-padded */
         float xt[GN_VW] = {0}, ht[GN_VW] = {0}, at[GN_VW] = {0}, bt[GN_VW] = {0}, yt[GN_VW];
@@ -152,16 +190,16 @@ static inline void gn_affine_sigmoid_act_f32(const float* x, float* y, ptrdiff_t
             at[j] = a[i * step + j];
             bt[j] = b[i * step + j];
         }
-        gn_v_store(yt, gn_v_apply_one(xt, ht, at, bt, step, gelu_tanh));
+        gn_v_store(yt, gn_v_apply_one(xt, ht, at, bt, step, kind));
         memcpy(y + i, yt, rest * sizeof(float));
     }
 }
 
 #else /* baseline: the caller keeps its portable loops */
 #define GNCPU_HAVE_VECTOR_ACT 0
-static inline void gn_affine_sigmoid_act_f32(const float* x, float* y, ptrdiff_t n,
+static inline void gn_affine_act_f32(const float* x, float* y, ptrdiff_t n,
                                              const float* head, const float* a, const float* b,
-                                             ptrdiff_t step, int gelu_tanh) {}
+                                             ptrdiff_t step, int kind) {}
 #endif
 
 #endif
