@@ -69,12 +69,15 @@ cdef inline real relu(real v) noexcept nogil:
 # the loads and stores of the same loop (a separate activation pass would
 # serialize the memory-bound and the compute-bound work).
 
-cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size) noexcept nogil:
+cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size,
+                                     int activation) noexcept nogil:
     """Elements of `size` bytes from p to the next 64-byte boundary (0 for short runs).
     Large NumPy buffers start 16 bytes past one: without peeling, every
     vector store would straddle two cache lines."""
     if n < 256:  # short runs: the peeled head would cost more than the split stores
         return 0
+    if size == sizeof(float) and vector_act(activation):
+        return 0  # compute-bound: a masked head costs more than the split stores save
     return <Py_ssize_t>(((64 - (<size_t>p) % 64) % 64) // size)
 
 
@@ -82,7 +85,7 @@ cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, 
                                int activation) noexcept nogil:
     """y = act((x - head) * a + b) for one channel's run (NCHW), the stores
     aligned to 64 bytes after a short head."""
-    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real))
+    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real), activation)
     affine_scalar_run(x, y, peel, head, a, b, activation)
     affine_scalar_run(x + peel, y + peel, n - peel, head, a, b, activation)
 
@@ -91,7 +94,7 @@ cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* 
                               const real* a, const real* b, int activation) noexcept nogil:
     """y = act((x - head) * a + b) along one row of channels (NHWC), with
     per-channel coefficients, the stores aligned to 64 bytes after a short head."""
-    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real))
+    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real), activation)
     affine_table_run(x, y, peel, head, a, b, activation)
     affine_table_run(x + peel, y + peel, n - peel, head + peel, a + peel, b + peel, activation)
 

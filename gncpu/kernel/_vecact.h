@@ -20,14 +20,13 @@
  * as the float64 composition gives.
  *
  * Every element, tails included, goes through the same vector code (a tail
- * is computed in a zero-padded buffer), so an element's bits never depend on
- * where a run starts or how the work is split between threads.
+ * with masked loads and stores), so an element's bits never depend on where
+ * a run starts or how the work is split between threads.
  */
 #ifndef GNCPU_VECACT_H
 #define GNCPU_VECACT_H
 
 #include <stddef.h>
-#include <string.h>
 
 /* gn_affine_act_f32's `kind` */
 enum { GN_VECTOR_SILU, GN_VECTOR_GELU_TANH, GN_VECTOR_GELU };
@@ -42,6 +41,13 @@ enum { GN_VW = 16 };
 static inline gn_vf gn_v_set(float v) { return _mm512_set1_ps(v); }
 static inline gn_vf gn_v_load(const float* p) { return _mm512_loadu_ps(p); }
 static inline void gn_v_store(float* p, gn_vf v) { _mm512_storeu_ps(p, v); }
+/* the first `count` (< 16) lanes; the others load as 0 and are not stored */
+static inline gn_vf gn_v_load_first(const float* p, ptrdiff_t count) {
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1), p);
+}
+static inline void gn_v_store_first(float* p, gn_vf v, ptrdiff_t count) {
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << count) - 1), v);
+}
 static inline gn_vf gn_v_add(gn_vf a, gn_vf b) { return _mm512_add_ps(a, b); }
 static inline gn_vf gn_v_sub(gn_vf a, gn_vf b) { return _mm512_sub_ps(a, b); }
 static inline gn_vf gn_v_mul(gn_vf a, gn_vf b) { return _mm512_mul_ps(a, b); }
@@ -75,6 +81,15 @@ enum { GN_VW = 8 };
 static inline gn_vf gn_v_set(float v) { return _mm256_set1_ps(v); }
 static inline gn_vf gn_v_load(const float* p) { return _mm256_loadu_ps(p); }
 static inline void gn_v_store(float* p, gn_vf v) { _mm256_storeu_ps(p, v); }
+static inline __m256i gn_v_first_lanes(ptrdiff_t count) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline gn_vf gn_v_load_first(const float* p, ptrdiff_t count) {
+    return _mm256_maskload_ps(p, gn_v_first_lanes(count));
+}
+static inline void gn_v_store_first(float* p, gn_vf v, ptrdiff_t count) {
+    _mm256_maskstore_ps(p, gn_v_first_lanes(count), v);
+}
 static inline gn_vf gn_v_add(gn_vf a, gn_vf b) { return _mm256_add_ps(a, b); }
 static inline gn_vf gn_v_sub(gn_vf a, gn_vf b) { return _mm256_sub_ps(a, b); }
 static inline gn_vf gn_v_mul(gn_vf a, gn_vf b) { return _mm256_mul_ps(a, b); }
@@ -159,39 +174,36 @@ static inline gn_vf gn_v_gelu(gn_vf y) {
 }
 
 /* The loops. `step` is 0 for one coefficient triple (NCHW run) and 1 for a
- * per-element table (NHWC row); `kind` selects the activation. */
-
-static inline gn_vf gn_v_apply_one(const float* x, const float* head, const float* a,
-                                   const float* b, ptrdiff_t step, int kind) {
-    gn_vf v;
-    if (step) {
-        v = gn_v_fma(gn_v_sub(gn_v_load(x), gn_v_load(head)), gn_v_load(a), gn_v_load(b));
-    } else {
-        v = gn_v_fma(gn_v_sub(gn_v_load(x), gn_v_set(*head)), gn_v_set(*a), gn_v_set(*b));
-    }
+ * per-element table (NHWC row); `kind` selects the activation. The last
+ * n % GN_VW elements use masked loads and stores (the masked-off lanes
+ * compute on zeros and are dropped). */
+static inline gn_vf gn_v_activate(gn_vf v, int kind) {
     if (kind == GN_VECTOR_GELU) return gn_v_gelu(v);
     return kind == GN_VECTOR_GELU_TANH ? gn_v_gelu_tanh(v) : gn_v_silu(v);
 }
 
 static inline void gn_affine_act_f32(const float* x, float* y, ptrdiff_t n,
-                                             const float* head, const float* a, const float* b,
-                                             ptrdiff_t step, int kind) {
-    ptrdiff_t i = 0, j;
+                                     const float* head, const float* a, const float* b,
+                                     ptrdiff_t step, int kind) {
+    ptrdiff_t i = 0, rest = n % GN_VW;
+    if (n <= 0) return;
+    gn_vf hv = gn_v_set(*head), av = gn_v_set(*a), bv = gn_v_set(*b);
     for (; i + GN_VW <= n; i += GN_VW) {
-        gn_v_store(y + i, gn_v_apply_one(x + i, head + i * step, a + i * step, b + i * step,
-                                         step, kind));
-    }
-    if (i < n) {  /* the tail, zero-padded */
-        float xt[GN_VW] = {0}, ht[GN_VW] = {0}, at[GN_VW] = {0}, bt[GN_VW] = {0}, yt[GN_VW];
-        ptrdiff_t rest = n - i, width = step ? rest : 1;
-        memcpy(xt, x + i, rest * sizeof(float));
-        for (j = 0; j < width; j++) {
-            ht[j] = head[i * step + j];
-            at[j] = a[i * step + j];
-            bt[j] = b[i * step + j];
+        if (step) {
+            hv = gn_v_load(head + i);
+            av = gn_v_load(a + i);
+            bv = gn_v_load(b + i);
         }
-        gn_v_store(yt, gn_v_apply_one(xt, ht, at, bt, step, kind));
-        memcpy(y + i, yt, rest * sizeof(float));
+        gn_v_store(y + i, gn_v_activate(gn_v_fma(gn_v_sub(gn_v_load(x + i), hv), av, bv), kind));
+    }
+    if (rest) {
+        if (step) {
+            hv = gn_v_load_first(head + i, rest);
+            av = gn_v_load_first(a + i, rest);
+            bv = gn_v_load_first(b + i, rest);
+        }
+        gn_v_store_first(y + i, gn_v_activate(gn_v_fma(gn_v_sub(gn_v_load_first(x + i, rest), hv),
+                                                       av, bv), kind), rest);
     }
 }
 
