@@ -229,3 +229,40 @@ def test_failed_calls_touch_neither_input_nor_out(x, bad):
         gncpu.group_norm(x, out=out, **kwargs)
     assert_bitwise_equal(x, before, "(input modified)")
     assert (out == 7.0).all(), "out was written by a call that raised"
+
+
+class _Subclass(np.ndarray):
+    """An ndarray subclass: group_norm takes its general path for it."""
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("out", ["none", "separate", "in-place"])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_the_common_call_fast_path_matches_the_general_path(rng, channels_last, dtype, out,
+                                                             activation):
+    """functional._common_call (plain ndarrays, the usual arguments) returns
+    the same bits as the fully checked general path."""
+    x = rng.standard_normal((2, 5, 6, 12)).astype(dtype)
+    weight, bias = (rng.standard_normal(12 if channels_last else 5).astype(dtype) for _ in "wb")
+    groups = 4 if channels_last else 5
+    results = []
+    for given in (x.copy(), x.copy().view(_Subclass)):
+        target = {"none": None, "separate": np.empty_like(given), "in-place": given}[out]
+        y = gncpu.group_norm(given, groups, weight, bias, 1e-5, activation=activation,
+                             channels_last=channels_last, out=target)
+        assert target is None or y is target
+        results.append(np.asarray(y))
+    assert_bitwise_equal(results[0], results[1])
+
+
+def test_the_fast_path_still_rejects_partial_overlap_and_read_only_out(rng):
+    x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    read_only = np.empty_like(x)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        gncpu.group_norm(x, 2, out=read_only)
+    base = np.zeros(x.size + 8, np.float32)
+    shifted_in, shifted_out = base[:x.size].reshape(x.shape), base[8:].reshape(x.shape)
+    with pytest.raises(ValueError, match="partially overlaps"):
+        gncpu.group_norm(shifted_in, 2, out=shifted_out)

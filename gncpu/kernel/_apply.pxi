@@ -10,6 +10,35 @@
 # materialized in `buf` (the caller's sum output, or the output itself); the
 # plans do that before the statistics, so these loops read `buf`.
 
+cdef extern from "_vecact.h":
+    # float32 SiLU / GELU-tanh / GELU applies in AVX2 / AVX-512 intrinsics
+    # (see _vecact.h); 0 in the baseline variant, which keeps the loops below.
+    const bint GNCPU_HAVE_VECTOR_ACT
+    enum: GN_VECTOR_SILU, GN_VECTOR_GELU_TANH, GN_VECTOR_GELU
+    void gn_affine_act_f32(const float* x, float* y, Py_ssize_t n, const float* head,
+                           const float* a, const float* b, Py_ssize_t step,
+                           int kind) noexcept nogil
+
+
+cdef inline bint vector_act(int activation) noexcept nogil:
+    """Whether float32 `activation` has the intrinsics apply of _vecact.h."""
+    return GNCPU_HAVE_VECTOR_ACT and (activation == ACT_SILU or activation == ACT_GELU_TANH
+                                      or activation == ACT_GELU)
+
+
+cdef inline void vector_act_run(const float* x, float* y, Py_ssize_t n, const float* head,
+                                const float* a, const float* b, Py_ssize_t step,
+                                int activation) noexcept nogil:
+    """gn_affine_act_f32 with the kind as a literal in each call: each
+    compiles to its own loop, with no test of the kind per vector."""
+    if activation == ACT_SILU:
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_SILU)
+    elif activation == ACT_GELU_TANH:
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU_TANH)
+    else:
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU)
+
+
 cdef inline real silu(real v) noexcept nogil:
     if real is float:
         return gn_silu_f32(v)
@@ -40,12 +69,15 @@ cdef inline real relu(real v) noexcept nogil:
 # the loads and stores of the same loop (a separate activation pass would
 # serialize the memory-bound and the compute-bound work).
 
-cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size) noexcept nogil:
+cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size,
+                                     int activation) noexcept nogil:
     """Elements of `size` bytes from p to the next 64-byte boundary (0 for short runs).
     Large NumPy buffers start 16 bytes past one: without peeling, every
     vector store would straddle two cache lines."""
     if n < 256:  # short runs: the peeled head would cost more than the split stores
         return 0
+    if size == sizeof(float) and vector_act(activation):
+        return 0  # compute-bound: a masked head costs more than the split stores save
     return <Py_ssize_t>(((64 - (<size_t>p) % 64) % 64) // size)
 
 
@@ -53,7 +85,7 @@ cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, 
                                int activation) noexcept nogil:
     """y = act((x - head) * a + b) for one channel's run (NCHW), the stores
     aligned to 64 bytes after a short head."""
-    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real))
+    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real), activation)
     affine_scalar_run(x, y, peel, head, a, b, activation)
     affine_scalar_run(x + peel, y + peel, n - peel, head, a, b, activation)
 
@@ -62,7 +94,7 @@ cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* 
                               const real* a, const real* b, int activation) noexcept nogil:
     """y = act((x - head) * a + b) along one row of channels (NHWC), with
     per-channel coefficients, the stores aligned to 64 bytes after a short head."""
-    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real))
+    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real), activation)
     affine_table_run(x, y, peel, head, a, b, activation)
     affine_table_run(x + peel, y + peel, n - peel, head + peel, a + peel, b + peel, activation)
 
@@ -70,6 +102,10 @@ cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* 
 cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real head, real a,
                                    real b, int activation) noexcept nogil:
     cdef Py_ssize_t i
+    if real is float:
+        if vector_act(activation):
+            vector_act_run(x, y, n, &head, &a, &b, 0, activation)
+            return
     if activation == ACT_NONE:
         for i in range(n):
             y[i] = (x[i] - head) * a + b
@@ -90,6 +126,10 @@ cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real he
 cdef inline void affine_table_run(const real* x, real* y, Py_ssize_t n, const real* head,
                                   const real* a, const real* b, int activation) noexcept nogil:
     cdef Py_ssize_t i
+    if real is float:
+        if vector_act(activation):
+            vector_act_run(x, y, n, head, a, b, 1, activation)
+            return
     if activation == ACT_NONE:
         for i in range(n):
             y[i] = (x[i] - head[i]) * a[i] + b[i]

@@ -10,6 +10,11 @@
  *   silu, gelu_tanh: absolute 1.4e-7 * max(1, |y|).
  *   gelu (erf form): absolute 1.4e-7 * max(1, |y|).
  * NaN in gives NaN out; +-Inf behave as the float64 composition does.
+ *
+ * These are the portable versions, compiled into every variant (the
+ * baseline's apply and the scalar fallbacks use them); the AVX2 and AVX-512
+ * variants' float32 apply loops use _vecact.h, the same formulas rearranged
+ * for fewer instructions, to the same accuracy.
  */
 #ifndef GNCPU_VECMATH_H
 #define GNCPU_VECMATH_H
