@@ -22,7 +22,6 @@ Prints Markdown tables (and writes them to --out, default bench/results/torch.md
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 
@@ -31,6 +30,7 @@ import torch._inductor.config
 import torch.nn.functional as F
 
 import gncpu
+from gncpu.bench.report import cpu_model
 import gncpu.torch as gt
 
 OP_SHAPES = ("1x320x64x64", "1x640x32x32", "1x1280x16x16", "1x512x64x64", "1x128x256x256")
@@ -169,17 +169,6 @@ def bench_op(shapes, rounds):
     return lines
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -202,7 +191,7 @@ def main(argv=None):
         lines.extend(section + [""])
         print("\n".join(section + [""]), flush=True)
 
-    emit([f"torch {torch.__version__}, gncpu {gncpu.__version__}, {args.threads} threads, {cpu_name()}"])
+    emit([f"torch {torch.__version__}, gncpu {gncpu.__version__}, {args.threads} threads, {cpu_model() or 'unknown CPU'}"])
     if "vae" not in args.skip:
         model, inputs = vae_decoder(args.latent)
         size = 8 * args.latent

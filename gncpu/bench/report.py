@@ -25,7 +25,8 @@ def _version(module):
         return None
 
 
-def _cpu_model():
+def cpu_model():
+    """The CPU's model name, for reports."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -74,7 +75,7 @@ def environment(peers=("numpy", "torch", "onnxruntime", "openvino", "onnx")):
 
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "isa": _isa_flags(),
         "cpu_count": os.cpu_count(),
         "load_average": load_average(),
