@@ -63,5 +63,39 @@ def test_not_prepared_when_the_node_needs_the_general_op():
     assert prepare_fused_group_norm(_node(epsilon=-1.0), constants) is None
     bad = {"scale": np.ones(8, np.int64), "bias": constants["bias"]}
     assert prepare_fused_group_norm(_node(), bad) is None
-    # No scale and no bias: the channel count is unknown at load, so the general op runs it.
-    assert prepare_fused_group_norm(_node(inputs=("x", "", "")), {}) is None
+    # Only one of scale/bias a constant while the other is computed: the general op.
+    assert prepare_fused_group_norm(_node(inputs=("x", "scale", "b")), constants) is None
+
+
+@pytest.mark.parametrize("channels_last", [0, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_without_scale_and_bias_any_channel_count_the_groups_divide(channels_last, dtype):
+    # Exporters drop an identity affine: the channel count is then known only per run.
+    call = prepare_fused_group_norm(_node(inputs=("x", "", ""), channels_last=channels_last), {})
+    assert call is not None
+    for channels in (4, 8, 12):
+        shape = (2, 5, 3, channels) if channels_last else (2, channels, 5, 3)
+        x = (3e3 + RNG.standard_normal(shape)).astype(dtype)
+        want = fused_group_norm(x, num_groups=4, activation="silu", channels_last=channels_last)
+        np.testing.assert_array_equal(call(x), want)
+        y = np.full(shape, np.nan, dtype)
+        call.into(x, y, 2)
+        np.testing.assert_array_equal(y, want)
+    with pytest.raises(ValueError, match="6"):
+        call(np.zeros((2, 3, 3, 6) if channels_last else (2, 6, 3, 3), dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_into_writes_every_element_and_equals_the_call(dtype):
+    constants = _constants()
+    call = prepare_fused_group_norm(_node(), constants)
+    x = (1e4 + RNG.standard_normal((3, 8, 7, 5))).astype(dtype)
+    want = call(x, constants["scale"], constants["bias"])
+    for threads in (1, 2, 3):
+        y = np.full_like(x, np.nan)
+        call.into(x, y, threads)
+        np.testing.assert_array_equal(y, want)
+    strided = np.repeat(x, 2, axis=2)[:, :, ::2]
+    y = np.full_like(x, np.nan)
+    call.into(strided, y, 2)                      # a strided input takes the general op
+    np.testing.assert_array_equal(y, want)

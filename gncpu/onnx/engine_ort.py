@@ -44,6 +44,7 @@ from .errors import InvalidModelError, NodeExecutionError
 from .graph import Graph, node_to_proto, tensor_dtype
 from .partition import Claimed, Part, Region, describe_partition, is_group_norm, partition_graph
 from .plan import Kernel, _describe_value, bind_kernel, node_reads, specialize
+from .bound_run import BindingMismatch, build_bound_plan
 from .region_cost import HUGE_REGION_WORK, SMALL_REGION_WORK, region_work
 
 # How onnxruntime's workers wait for work: policy -> (allow_spinning, force_spinning_stop).
@@ -89,14 +90,27 @@ class Step:
         self.kernel = kernel          # kind "onnxruntime" or "native"/"control"; label for profiles
         self.run = run
         self.threads = None           # a region's intra-op threads (None: chosen per input shape)
+        self.session_for = None       # a region's onnxruntime session for a tuple of input shapes
         self.free_after = free_after  # crossing tensors no later part reads
 
 
+# Feed signatures (shapes and dtypes) whose bound plans a session keeps; past it,
+# a service that sees ever new shapes starts over.
+BOUND_PLANS_KEPT = 64
+_UNSEEN = object()
+
+
 class OrtEngine:
-    def __init__(self, graph: Graph, num_threads: int, spin_policy: Optional[str] = None):
+    def __init__(self, graph: Graph, num_threads: int, spin_policy: Optional[str] = None,
+                 context_threads: Optional[int] = None, bind: bool = True):
         self._ort = import_onnxruntime()
+        self.ort_capi = self._ort.capi._pybind_state
         self.graph = graph
         self.num_threads = num_threads
+        self.context_threads = context_threads    # what ops read from gncpu.onnx.context (None: default)
+        self.threaded_group_norm_elements = THREADED_GROUP_NORM_ELEMENTS
+        self.bind = bind                          # bound runs (gncpu.onnx.bound_run) after the first
+        self._bound: Dict[tuple, object] = {}     # feed signature -> BoundPlan, or None: not bindable
         self.spin_policy = SPIN_POLICY if spin_policy is None else spin_policy
         self.parts = partition_graph(graph)
         self._types = _known_types(graph)
@@ -130,8 +144,7 @@ class OrtEngine:
         return options
 
     def _region_session(self, region: Region, setting):
-        """A new onnxruntime session for `region` with `setting` = (threads, spin policy);
-        returns its run binding."""
+        """A new onnxruntime session for `region` with `setting` = (threads, spin policy)."""
         model = self._region_model(region)
         try:  # (serializing fails on a region over protobuf's 2 GiB)
             session = self._ort.InferenceSession(model.SerializeToString(), self._session_options(*setting),
@@ -143,7 +156,7 @@ class OrtEngine:
                 f'engine="gncpu" runs the model without onnxruntime') from exc
         for out in session.get_outputs():
             self._types.setdefault(out.name, (_dtype_of_type_string(out.type), _static_dims(out.shape)))
-        return getattr(session, "_sess", session).run
+        return session
 
     def _setting_for(self, region: Region, shapes) -> tuple:
         """(threads, spin policy) of the session for `region` on inputs of `shapes`:
@@ -164,10 +177,10 @@ class OrtEngine:
         inputs, outputs = list(region.inputs), list(region.outputs)
         label = region.describe()
         static = [self._types.get(name, (None, None))[1] for name in inputs]
-        by_setting: Dict[tuple, Callable] = {}
+        by_setting: Dict[tuple, object] = {}
         lock = threading.Lock()
 
-        def binding_for(setting):
+        def session_with(setting):
             with lock:
                 if setting not in by_setting:
                     by_setting[setting] = self._region_session(region, setting)
@@ -175,29 +188,36 @@ class OrtEngine:
 
         if all(shape is not None and None not in shape for shape in static):
             # Shapes fixed at load: one session, its thread count chosen now.
-            fixed = binding_for(self._setting_for(region, static))
-            choose = None
+            fixed_session = session_with(self._setting_for(region, static))
+            fixed = _run_method(fixed_session)
             threads = next(iter(by_setting))[0]
+
+            def session_for(shapes):
+                return fixed_session
         else:
             # Shapes known only per run: a session on all threads now (it also tells the types
             # later regions read), the thread count chosen per input-shape signature.
             fixed = None
-            binding_for((self.num_threads, self.spin_policy))
+            session_with((self.num_threads, self.spin_policy))
             chosen: Dict[tuple, Callable] = {}
             threads = None  # chosen per run
 
-            def choose(shapes):
+            def session_for(shapes):
                 if len(chosen) > 256:  # a service seeing ever new shapes: forget, re-estimate
                     chosen.clear()
-                binding = chosen[shapes] = binding_for(self._setting_for(region, shapes))
-                return binding
+                session = session_with(self._setting_for(region, shapes))
+                chosen[shapes] = _run_method(session)
+                return session
 
         def run(env):
             feeds = {name: env[name] for name in inputs}
             binding = fixed
             if binding is None:
                 shapes = tuple(np.shape(v) for v in feeds.values())
-                binding = chosen.get(shapes) or choose(shapes)
+                binding = chosen.get(shapes)
+                if binding is None:
+                    session_for(shapes)
+                    binding = chosen[shapes]
             try:
                 results = binding(outputs, feeds, None)
             except Exception as exc:
@@ -209,6 +229,7 @@ class OrtEngine:
 
         step = Step(region, Kernel("onnxruntime", None, label), run, [])
         step.threads = threads
+        step.session_for = session_for
         return step
 
     def _region_model(self, region: Region, weights: bool = True) -> onnx.ModelProto:
@@ -253,7 +274,7 @@ class OrtEngine:
                             self.graph.initializers)
         self._record_claimed_types(node)
         inputs, outputs = list(node.inputs), list(node.outputs)
-        threaded_from = THREADED_GROUP_NORM_ELEMENTS if is_group_norm(node) and self.num_threads > 1 else 0
+        threaded_from = self.threaded_group_norm_elements if is_group_norm(node) and self.num_threads > 1 else 0
 
         def run(env):
             args = [env[name] if name else None for name in inputs]
@@ -292,20 +313,54 @@ class OrtEngine:
 
     # ------------------------------------------------------------------ run
     def execute(self, feeds: Dict[str, object], on_step: Optional[Callable] = None) -> Dict[str, object]:
+        """Every output of the run, by name (plus the feeds and weights it read).
+
+        The first run with a feed signature runs part by part over a dict and
+        records the shapes of what crosses parts; later ones run bound
+        (gncpu.onnx.bound_run). A bound run that meets a shape its buffers do
+        not fit (a region whose output shape follows its input values) is run
+        again unbound; if that succeeds the signature is run unbound from then
+        on, if it fails its error is the model's."""
+        signature = _feed_signature(feeds) if self.bind else None
+        plan = _UNSEEN if signature is None else self._bound.get(signature, _UNSEEN)
+        if plan is not _UNSEEN and plan is not None:
+            try:
+                return plan.execute(feeds, on_step)
+            except BindingMismatch:
+                env = self._execute_parts(feeds, on_step, None)
+                self._bound[signature] = None
+                return env
+        record = {} if signature is not None and plan is _UNSEEN else None
+        env = self._execute_parts(feeds, on_step, record)
+        if record is not None:
+            if len(self._bound) >= BOUND_PLANS_KEPT:
+                self._bound.clear()
+            self._bound[signature] = build_bound_plan(self, record, list(feeds))
+        return env
+
+    def _execute_parts(self, feeds, on_step, record: Optional[dict]) -> Dict[str, object]:
+        """The unbound run; `record`, if given, gets (shape, dtype) of every tensor
+        that crosses parts (None for a value that is not an array)."""
         env = dict(self.held)
         env.update(feeds)
-        if on_step is None:
+        if record is not None:
+            for name, value in feeds.items():
+                record[name] = _shape_and_dtype(value)
+        with context.using_threads(self.context_threads, 1):
             for step in self.steps:
-                step.run(env)
+                if on_step is None:
+                    step.run(env)
+                else:
+                    start = time.perf_counter()
+                    step.run(env)
+                    on_step(step, time.perf_counter() - start)
+                if record is not None:
+                    part = step.part
+                    for name in (part.outputs if isinstance(part, Region) else part.node.outputs):
+                        if name:
+                            record[name] = _shape_and_dtype(env.get(name))
                 for name in step.free_after:
                     env.pop(name, None)
-            return env
-        for step in self.steps:
-            start = time.perf_counter()
-            step.run(env)
-            on_step(step, time.perf_counter() - start)
-            for name in step.free_after:
-                env.pop(name, None)
         return env
 
     def describe(self) -> dict:
@@ -321,6 +376,23 @@ class OrtEngine:
         info["intra_op_num_threads"] = self.num_threads
         info["spin_policy"] = self.spin_policy
         return info
+
+
+def _feed_signature(feeds) -> Optional[tuple]:
+    """(shape, dtype) of every feed in order, or None if one is not an array."""
+    try:
+        return tuple([(value.shape, value.dtype) for value in feeds.values()])
+    except AttributeError:
+        return None
+
+
+def _shape_and_dtype(value):
+    return (value.shape, value.dtype) if isinstance(value, np.ndarray) else (None, np.dtype(object))
+
+
+def _run_method(session):
+    """The binding's own run(names, feeds, options) (see the module docstring)."""
+    return getattr(session, "_sess", session).run
 
 
 def _assign_frees(steps: List[Step], keep: set) -> None:

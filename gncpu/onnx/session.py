@@ -175,7 +175,8 @@ class InferenceSession:
         if self.engine == "onnxruntime":
             from .engine_ort import OnnxruntimeCannotLoad, OrtEngine
             try:
-                self._ort = OrtEngine(graph, num_threads if num_threads is not None else _default_threads())
+                self._ort = OrtEngine(graph, num_threads if num_threads is not None else _default_threads(),
+                                      context_threads=num_threads)
             except OnnxruntimeCannotLoad as exc:
                 if engine != "auto":
                     raise
@@ -353,8 +354,7 @@ class InferenceSession:
         feeds = self._check_feeds(input_feed)
         if self._ort is not None:
             # GroupNorm kernels take the session's thread count; onnxruntime has its own.
-            with context.using_threads(self._num_threads, 1):
-                env = self._ort.execute(feeds, on_step)
+            env = self._ort.execute(feeds, on_step)
             return self._collect(names, env, feeds, self._ort.fresh_outputs)
         env = dict(self._graph.initializers)
         env.update(feeds)
@@ -409,6 +409,44 @@ class InferenceSession:
         return names
 
     def _check_feeds(self, input_feed) -> Dict[str, np.ndarray]:
+        feeds = self._feeds_as_declared(input_feed)
+        return feeds if feeds is not None else self._checked_feeds(input_feed)
+
+    @functools.cached_property
+    def _feed_patterns(self):
+        """Per declared input: (name, dtype, rank, the axes of its fixed dims, those dims),
+        or None when an input is not a typed tensor (the full check handles those)."""
+        patterns = []
+        for info in self._declared_inputs:
+            if info.dtype is None or info.shape is None:
+                return None
+            axes = tuple(axis for axis, d in enumerate(info.shape) if isinstance(d, int))
+            patterns.append((info.name, np.dtype(info.dtype), len(info.shape),
+                             axes, tuple(info.shape[axis] for axis in axes)))
+        return patterns
+
+    def _feeds_as_declared(self, input_feed) -> Optional[Dict[str, np.ndarray]]:
+        """The feeds, when they are exactly the declared arrays (the usual run: ~0.4 us
+        instead of the full check's ~1.2); None sends them through _checked_feeds,
+        which raises the error."""
+        patterns = self._feed_patterns
+        if patterns is None or type(input_feed) is not dict or len(input_feed) != len(patterns):
+            return None
+        feeds = {}
+        for name, dtype, rank, axes, dims in patterns:
+            value = input_feed.get(name)
+            if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != rank:
+                return None
+            shape = value.shape
+            if len(axes) == rank:
+                if shape != dims:
+                    return None
+            elif tuple([shape[axis] for axis in axes]) != dims:
+                return None
+            feeds[name] = value
+        return feeds
+
+    def _checked_feeds(self, input_feed) -> Dict[str, np.ndarray]:
         if not isinstance(input_feed, dict):
             raise TypeError(f"input_feed must be a dict of name -> array, got {type(input_feed).__name__}")
         expected = {v.name: v for v in self._declared_inputs}

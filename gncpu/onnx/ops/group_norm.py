@@ -211,9 +211,15 @@ def prepare_fused_group_norm(node, constants):
         params = [None if not name else np.asarray(constants[name]) for name in inputs[1:3]]
     except KeyError:  # scale or bias computed at run time
         return None
+    # Channels, from the weights; 0 when the node has none (exporters drop an identity
+    # affine), and a run then takes any channel count the groups divide.
     channels = next((p.shape[0] for p in params if p is not None and p.ndim == 1), None)
     groups = int(groups)
-    if (channels is None or groups <= 0 or channels % groups
+    if channels is None:
+        if any(p is not None for p in params):
+            return None
+        channels = 0
+    if (groups <= 0 or channels % groups
             or any(p is not None and (p.shape != (channels,) or p.dtype.kind != "f") for p in params)):
         return None
     code = kernels.ACTIVATION_CODES[activation or None]
@@ -225,10 +231,12 @@ def prepare_fused_group_norm(node, constants):
                                 channels_last=int(channels_last))
     min_rank = 3 if channels_last else 2
     resolve_threads = _config.resolve_threads
+    op_name = node.describe()
 
     def call(x, scale=None, bias=None, *rest):
         if (type(x) is np.ndarray and x.dtype in weights and x.ndim >= min_rank
-                and x.shape[axis] == channels and x.flags.c_contiguous and x.size):
+                and (x.shape[axis] == channels or not channels and x.shape[axis] % groups == 0)
+                and x.flags.c_contiguous and x.size):
             w, b = weights[x.dtype]
             y = np.empty_like(x)
             kernels.group_norm(x, y, w, b, groups, epsilon, code, resolve_threads(context.num_threads(), x.size),
@@ -236,4 +244,22 @@ def prepare_fused_group_norm(node, constants):
             return y
         return general(x, scale, bias, *rest)
 
+    def into(x, y, num_threads):
+        """call(x) written into y (x's shape and dtype, C-contiguous) on up to num_threads
+        threads: what a bound run of the onnxruntime engine calls (gncpu.onnx.bound_run)."""
+        if (type(x) is np.ndarray and x.dtype in weights and x.ndim >= min_rank
+                and (x.shape[axis] == channels or not channels and x.shape[axis] % groups == 0)
+                and x.flags.c_contiguous and x.size and y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous):
+            w, b = weights[x.dtype]
+            threads = 1 if num_threads == 1 else resolve_threads(num_threads, x.size)
+            kernels.group_norm(x, y, w, b, groups, epsilon, code, threads, channels_last)
+            return
+        with context.using_threads(num_threads):
+            result = np.asarray(general(x, *params))
+        if result.shape != y.shape or result.dtype != y.dtype:
+            from ..bound_run import BindingMismatch
+            raise BindingMismatch(f"{op_name}: returned {result.dtype}{result.shape}, bound {y.dtype}{y.shape}")
+        np.copyto(y, result)
+
+    call.into = into
     return call

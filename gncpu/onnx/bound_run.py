@@ -1,0 +1,284 @@
+"""Runs of the onnxruntime engine with every buffer and IO binding fixed per feed shape.
+
+    plan = build_bound_plan(engine, shapes)   # shapes: name -> (shape, dtype), recorded on a run
+    env = plan.execute(feeds, on_step)        # as OrtEngine.execute, or raises BindingMismatch
+
+Why: a region's `run(names, feeds)` costs ~6 us more than its kernels (wrapping
+each feed, allocating and wrapping each output), and a GroupNorm step ~2.5 us
+more than its kernel (a thread-count context, argument lists). On the
+committed exporter models, whose regions run in 2-40 us, that was most of
+the gap to plain onnxruntime. Once the shapes of a run are known, every
+tensor that crosses parts can live in a buffer that is allocated once, every
+region gets an IO binding whose inputs and outputs point at those buffers
+(bound once: `run_with_iobinding` then costs ~3 us for a one-node region),
+and every GroupNorm writes straight into its buffer with its thread count
+fixed.
+
+Per run only these change: the feeds (bound again, ~1.2 us each, no copy),
+and the graph outputs, which are new arrays the caller keeps: a GroupNorm
+writes them directly, a region's large outputs get a new buffer bound per run
+(binding an output costs ~4.5 us, less than copying 1 MiB), and its small
+ones are copied out of the region's buffer (~0.5 us).
+
+A set of buffers and bindings (a Context) serves one run at a time: runs from
+several Python threads each take one from a free list, making a new one when
+none is free. Tensors whose lifetimes do not overlap share a buffer.
+
+Shapes are recorded on the first run with a feed signature (OrtEngine.execute).
+Where a region's output shape depends on its input values rather than shapes,
+a later run can disagree with the bound buffer: onnxruntime then refuses the
+run, and the engine runs those feeds the unbound way (see OrtEngine.execute).
+Results are bit-identical to the unbound path: the same sessions and kernels
+run on the same data with the same thread counts.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import context
+from .partition import Claimed, Region, is_group_norm
+
+# A region's graph output from this size on gets a new buffer bound per run;
+# below it, it is copied out of the region's bound buffer (see the docstring).
+BIND_OUTPUT_PER_RUN_BYTES = 1 << 20
+
+_BUFFER, _PER_RUN = 0, 1   # where a step's input lives: the context's buffers or this run's values
+
+
+class BindingMismatch(Exception):
+    """A bound run met a shape its buffers were not made for."""
+
+
+class _RegionStep:
+    __slots__ = ("step", "session", "once_inputs", "per_run_inputs", "once_outputs", "per_run_outputs",
+                 "copied_outputs")
+
+    def __init__(self, step, session):
+        self.step, self.session = step, session
+        self.once_inputs: List[str] = []      # bound to context buffers when the context is made
+        self.per_run_inputs: List[str] = []   # feeds and per-run outputs: bound on every run
+        self.once_outputs: List[str] = []
+        self.per_run_outputs: List[Tuple[str, tuple, np.dtype]] = []
+        self.copied_outputs: List[str] = []   # graph outputs copied out of their buffer
+
+
+class _GroupNormStep:
+    __slots__ = ("step", "sources", "outputs", "into", "threads", "kernel")
+
+    def __init__(self, step):
+        self.step = step
+        self.sources: List[Tuple[int, str]] = []          # (where, name); name "" for absent
+        self.outputs: List[Tuple[int, str, tuple, np.dtype]] = []
+        self.into = None      # prepared fused GroupNorm: into(x, y, threads)
+        self.threads = 1
+        self.kernel = step.kernel
+
+
+class Context:
+    """One run's buffers and IO bindings."""
+    __slots__ = ("buffers", "bindings")
+
+    def __init__(self, buffers, bindings):
+        self.buffers = buffers
+        self.bindings = bindings
+
+
+class BoundPlan:
+    def __init__(self, engine, shapes: Dict[str, tuple], feed_names: List[str]):
+        self._engine = engine
+        self._shapes = shapes
+        self._free: List[Context] = []
+        self._device = _cpu_device(engine.ort_capi)
+        outputs = set(engine.output_names)
+        feeds = set(feed_names)
+        produced_per_run = set()  # graph outputs made fresh on every run
+        self._copied_out: List[str] = []
+        self._steps = []
+        for step in engine.steps:
+            part = step.part
+            if isinstance(part, Region):
+                in_shapes = tuple(shapes[name][0] for name in part.inputs)
+                bound = _RegionStep(step, step.session_for(in_shapes))
+                for name in part.inputs:
+                    (bound.per_run_inputs if name in feeds or name in produced_per_run
+                     else bound.once_inputs).append(name)
+                for name in part.outputs:
+                    shape, dtype = shapes[name]
+                    if name in outputs and int(np.prod(shape)) * dtype.itemsize >= BIND_OUTPUT_PER_RUN_BYTES:
+                        bound.per_run_outputs.append((name, shape, dtype))
+                        produced_per_run.add(name)
+                    else:
+                        bound.once_outputs.append(name)
+                        if name in outputs:
+                            bound.copied_outputs.append(name)
+                            self._copied_out.append(name)
+                self._steps.append(bound)
+            else:
+                node = part.node
+                bound = _GroupNormStep(step)
+                for name in node.inputs:
+                    bound.sources.append((_PER_RUN if name in feeds or name in produced_per_run else _BUFFER, name))
+                for name in node.outputs:
+                    if not name:
+                        continue
+                    shape, dtype = shapes[name]
+                    where = _PER_RUN if name in outputs else _BUFFER
+                    if where == _PER_RUN:
+                        produced_per_run.add(name)
+                    bound.outputs.append((where, name, shape, dtype))
+                into = getattr(step.kernel.call, "into", None)
+                if into is not None and len(bound.outputs) == 1:
+                    bound.into = into
+                    size = int(np.prod(shapes[node.inputs[0]][0]))
+                    bound.threads = (1 if engine.num_threads > 1 and size < engine.threaded_group_norm_elements
+                                     else engine.num_threads)
+                self._steps.append(bound)
+        self._held_outputs = [name for name in engine.output_names
+                              if name not in produced_per_run and name not in self._copied_out and name not in feeds]
+        self._buffer_slots = self._share_buffers(outputs)
+
+    # ------------------------------------------------------------------ buffers
+    def _share_buffers(self, outputs) -> Dict[str, int]:
+        """Buffer index per context-held tensor: a tensor takes over the buffer of
+        one of its shape and dtype that no later step reads (graph outputs
+        copied out at the end keep theirs to the end)."""
+        written: List[List[str]] = []
+        last_read: Dict[str, int] = {}
+        for index, bound in enumerate(self._steps):
+            if isinstance(bound, _RegionStep):
+                reads, writes = bound.once_inputs, bound.once_outputs
+            else:
+                reads = [name for where, name in bound.sources if name and where == _BUFFER]
+                writes = [name for where, name, _, _ in bound.outputs if where == _BUFFER]
+            for name in reads:
+                last_read[name] = index
+            written.append(writes)
+        end = len(self._steps)
+        slots: Dict[str, int] = {}
+        self._slot_specs: List[Tuple[tuple, np.dtype]] = []
+        free: Dict[tuple, List[int]] = {}
+        releases: Dict[int, List[str]] = {}
+        for index, writes in enumerate(written):
+            for name in writes:
+                shape, dtype = self._shapes[name]
+                key = (tuple(shape), dtype.str)
+                pool = free.get(key)
+                if pool:
+                    slots[name] = pool.pop()
+                else:
+                    slots[name] = len(self._slot_specs)
+                    self._slot_specs.append((tuple(shape), dtype))
+                done = end if name in outputs else last_read.get(name, index)
+                releases.setdefault(done, []).append(name)
+            for name in releases.pop(index, ()):
+                shape, dtype = self._shapes[name]
+                free.setdefault((tuple(shape), dtype.str), []).append(slots[name])
+        return slots
+
+    def _new_context(self) -> Context:
+        arrays = [np.empty(shape, dtype) for shape, dtype in self._slot_specs]
+        buffers = {name: arrays[slot] for name, slot in self._buffer_slots.items()}
+        buffers.update(self._engine.held)
+        bindings = []
+        device = self._device
+        for bound in self._steps:
+            if not isinstance(bound, _RegionStep):
+                bindings.append(None)
+                continue
+            binding = bound.session.io_binding()._iobinding
+            for name in bound.once_inputs:
+                binding.bind_input(name, buffers[name])
+            for name in bound.once_outputs:
+                array = buffers[name]
+                binding.bind_output(name, device, array.dtype, list(array.shape), array.ctypes.data)
+            bindings.append(binding)
+        return Context(buffers, bindings)
+
+    # ------------------------------------------------------------------ run
+    def execute(self, feeds: Dict[str, object], on_step=None) -> Dict[str, object]:
+        try:
+            ctx = self._free.pop()
+        except IndexError:
+            ctx = self._new_context()
+        try:
+            values = self._run(ctx, dict(feeds), on_step)
+        finally:
+            self._free.append(ctx)
+        return values
+
+    def _run(self, ctx: Context, values: Dict[str, object], on_step) -> Dict[str, object]:
+        buffers = ctx.buffers
+        for index, bound in enumerate(self._steps):
+            start = time.perf_counter() if on_step is not None else 0.0
+            if isinstance(bound, _RegionStep):
+                binding = ctx.bindings[index]
+                for name in bound.per_run_inputs:
+                    binding.bind_input(name, values[name])
+                for name, shape, dtype in bound.per_run_outputs:
+                    array = values[name] = np.empty(shape, dtype)
+                    binding.bind_output(name, self._device, dtype, list(shape), array.ctypes.data)
+                try:
+                    bound.session._sess.run_with_iobinding(binding, None)
+                except Exception as exc:
+                    raise BindingMismatch(f"{bound.step.part.describe()}: {exc}") from exc
+                for name in bound.copied_outputs:
+                    values[name] = buffers[name].copy()
+            elif bound.into is not None:
+                where, name = bound.sources[0]
+                x = buffers[name] if where == _BUFFER else values[name]
+                where, name, shape, dtype = bound.outputs[0]
+                if where == _BUFFER:
+                    y = buffers[name]
+                else:
+                    y = values[name] = np.empty(shape, dtype)
+                bound.into(x, y, bound.threads)
+            else:
+                self._run_general(bound, buffers, values)
+            if on_step is not None:
+                on_step(bound.step, time.perf_counter() - start)
+        for name in self._held_outputs:
+            values[name] = self._engine.held[name]
+        return values
+
+    def _run_general(self, bound: _GroupNormStep, buffers, values) -> None:
+        """A GroupNorm without a prepared call (SkipGroupNorm, weights computed
+        at run time, float16): the general kernel, its results copied in."""
+        args = [None if not name else (buffers[name] if where == _BUFFER else values[name])
+                for where, name in bound.sources]
+        with context.using_threads(self._engine.context_threads, 1):
+            results = bound.kernel.run(args, {})
+        for (where, name, shape, dtype), result in zip(bound.outputs, results):
+            result = np.asarray(result)
+            if result.shape != tuple(shape) or result.dtype != dtype:
+                raise BindingMismatch(f"{bound.step.part.node.describe()} returned {result.dtype}{result.shape}, "
+                                      f"bound {dtype}{tuple(shape)}")
+            if where == _BUFFER:
+                np.copyto(buffers[name], result)
+            else:
+                values[name] = result
+
+
+def _cpu_device(capi):
+    return capi.OrtDevice(capi.OrtDevice.cpu(), capi.OrtDevice.default_memory(), 0)
+
+
+def bindable(engine, shapes: Dict[str, tuple]) -> bool:
+    """Whether a run with these recorded shapes can be bound: every part is a region
+    or a GroupNorm (If/Loop read their enclosing scope by name), every crossing
+    tensor a non-empty numeric array."""
+    for part in engine.parts:
+        if isinstance(part, Claimed) and not is_group_norm(part.node):
+            return False
+    for name, (shape, dtype) in shapes.items():
+        if shape is None or dtype.kind not in "biuf" or 0 in shape:
+            return False
+    return True
+
+
+def build_bound_plan(engine, shapes: Dict[str, tuple], feed_names: List[str]) -> Optional[BoundPlan]:
+    if not bindable(engine, shapes):
+        return None
+    return BoundPlan(engine, shapes, feed_names)
