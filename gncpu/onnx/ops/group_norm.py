@@ -193,7 +193,8 @@ def prepare_fused_group_norm(node, constants):
     fused_group_norm checks them; a run then only checks that x is a
     C-contiguous float32/float64 array with the expected channels and calls
     the kernel, which saves the ~4 us of per-call validation that dominated
-    GroupNorms on small activations. Anything else (float16, strided or
+    GroupNorms on small activations. float16 is computed as the general op
+    does (in float32 on a copy, rounded back). Anything else (strided or
     channels-last views, a wrong shape) goes through fused_group_norm, so
     results and errors are those of the general op."""
     from ...kernel import kernels
@@ -233,27 +234,45 @@ def prepare_fused_group_norm(node, constants):
     resolve_threads = _config.resolve_threads
     op_name = node.describe()
 
+    def fits(x):
+        return (type(x) is np.ndarray and x.ndim >= min_rank and x.flags.c_contiguous and x.size
+                and (x.shape[axis] == channels or not channels and x.shape[axis] % groups == 0))
+
+    def half(x, y, num_threads):
+        """float16 as the general op computes it: in float32 on a copy, rounded back."""
+        work = x.astype(np.float32)
+        w, b = weights[np.dtype(np.float32)]
+        kernels.group_norm(work, work, w, b, groups, epsilon, code, resolve_threads(num_threads, x.size),
+                           channels_last)
+        if y is None:
+            return work.astype(np.float16)
+        np.copyto(y, work, casting="unsafe")
+        return y
+
     def call(x, scale=None, bias=None, *rest):
-        if (type(x) is np.ndarray and x.dtype in weights and x.ndim >= min_rank
-                and (x.shape[axis] == channels or not channels and x.shape[axis] % groups == 0)
-                and x.flags.c_contiguous and x.size):
-            w, b = weights[x.dtype]
-            y = np.empty_like(x)
-            kernels.group_norm(x, y, w, b, groups, epsilon, code, resolve_threads(context.num_threads(), x.size),
-                               channels_last)
-            return y
+        if fits(x):
+            if x.dtype in weights:
+                w, b = weights[x.dtype]
+                y = np.empty_like(x)
+                kernels.group_norm(x, y, w, b, groups, epsilon, code,
+                                   resolve_threads(context.num_threads(), x.size), channels_last)
+                return y
+            if x.dtype == np.float16:
+                return half(x, None, context.num_threads())
         return general(x, scale, bias, *rest)
 
     def into(x, y, num_threads):
         """call(x) written into y (x's shape and dtype, C-contiguous) on up to num_threads
         threads: what a bound run of the onnxruntime engine calls (gncpu.onnx.bound_run)."""
-        if (type(x) is np.ndarray and x.dtype in weights and x.ndim >= min_rank
-                and (x.shape[axis] == channels or not channels and x.shape[axis] % groups == 0)
-                and x.flags.c_contiguous and x.size and y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous):
-            w, b = weights[x.dtype]
-            threads = 1 if num_threads == 1 else resolve_threads(num_threads, x.size)
-            kernels.group_norm(x, y, w, b, groups, epsilon, code, threads, channels_last)
-            return
+        if fits(x) and y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous:
+            if x.dtype in weights:
+                w, b = weights[x.dtype]
+                threads = 1 if num_threads == 1 else resolve_threads(num_threads, x.size)
+                kernels.group_norm(x, y, w, b, groups, epsilon, code, threads, channels_last)
+                return
+            if x.dtype == np.float16:
+                half(x, y, num_threads)
+                return
         with context.using_threads(num_threads):
             result = np.asarray(general(x, *params))
         if result.shape != y.shape or result.dtype != y.dtype:
