@@ -142,6 +142,7 @@ class BoundPlan:
         self._held_outputs = [name for name in engine.output_names
                               if name not in produced_per_run and name not in self._copied_out and name not in feeds]
         self._buffer_slots = self._share_buffers(outputs)
+        self._runners = self._make_runners()
 
     # ------------------------------------------------------------------ buffers
     def _share_buffers(self, outputs) -> Dict[str, int]:
@@ -213,38 +214,79 @@ class BoundPlan:
         return values
 
     def _run(self, ctx: Context, values: Dict[str, object], on_step) -> Dict[str, object]:
-        buffers = ctx.buffers
-        for index, bound in enumerate(self._steps):
-            start = time.perf_counter() if on_step is not None else 0.0
-            if isinstance(bound, _RegionStep):
-                binding = ctx.bindings[index]
-                for name in bound.per_run_inputs:
-                    binding.bind_input(name, values[name])
-                for name, shape, dtype in bound.per_run_outputs:
-                    array = values[name] = np.empty(shape, dtype)
-                    binding.bind_output(name, self._device, dtype, list(shape), array.ctypes.data)
-                try:
-                    bound.session._sess.run_with_iobinding(binding, None)
-                except Exception as exc:
-                    raise BindingMismatch(f"{bound.step.part.describe()}: {exc}") from exc
-                for name in bound.copied_outputs:
-                    values[name] = buffers[name].copy()
-            elif bound.into is not None:
-                where, name = bound.sources[0]
-                x = buffers[name] if where == _BUFFER else values[name]
-                where, name, shape, dtype = bound.outputs[0]
-                if where == _BUFFER:
-                    y = buffers[name]
-                else:
-                    y = values[name] = np.empty(shape, dtype)
-                bound.into(x, y, bound.threads)
-            else:
-                self._run_general(bound, buffers, values)
-            if on_step is not None:
+        if on_step is None:
+            for runner in self._runners:
+                runner(ctx, values)
+        else:
+            for runner, bound in zip(self._runners, self._steps):
+                start = time.perf_counter()
+                runner(ctx, values)
                 on_step(bound.step, time.perf_counter() - start)
         for name in self._held_outputs:
             values[name] = self._engine.held[name]
         return values
+
+    def _make_runners(self) -> list:
+        """One function per step, runner(ctx, values), with everything that does not
+        change between runs looked up now."""
+        return [self._region_runner(index, bound) if isinstance(bound, _RegionStep) else
+                self._group_norm_runner(bound) for index, bound in enumerate(self._steps)]
+
+    def _region_runner(self, index: int, bound: _RegionStep):
+        run_bound = bound.session._sess.run_with_iobinding
+        per_run_inputs, per_run_outputs, copied = bound.per_run_inputs, bound.per_run_outputs, bound.copied_outputs
+        device, label = self._device, bound.step.part.describe()
+
+        def run(ctx, values):
+            binding = ctx.bindings[index]
+            for name in per_run_inputs:
+                binding.bind_input(name, values[name])
+            for name, shape, dtype in per_run_outputs:
+                array = values[name] = np.empty(shape, dtype)
+                binding.bind_output(name, device, dtype, list(shape), array.ctypes.data)
+            try:
+                run_bound(binding, None)
+            except Exception as exc:
+                raise BindingMismatch(f"{label}: {exc}") from exc
+            for name in copied:
+                values[name] = ctx.buffers[name].copy()
+
+        return run
+
+    def _group_norm_runner(self, bound: _GroupNormStep):
+        if bound.into is None:
+            return lambda ctx, values: self._run_general(bound, ctx.buffers, values)
+        x_where, x_name = bound.sources[0]
+        y_where, y_name, y_shape, y_dtype = bound.outputs[0]
+        direct = getattr(bound.step.kernel.call, "kernel_arguments", None)
+        arguments = direct(y_dtype) if direct is not None and x_where == _BUFFER else None
+        if arguments is not None and bound.threads == 1:
+            # The input is a buffer of this plan: its dtype, shape and layout are the
+            # recorded ones, which the prepared call accepts; only the kernel is left.
+            from ..kernel import kernels
+
+            group_norm = kernels.group_norm
+            weight, bias, groups, epsilon, code, channels_last = arguments
+            if y_where == _BUFFER:
+                return lambda ctx, values: group_norm(ctx.buffers[x_name], ctx.buffers[y_name], weight, bias,
+                                                      groups, epsilon, code, 1, channels_last)
+
+            def run_into_output(ctx, values):
+                y = values[y_name] = np.empty(y_shape, y_dtype)
+                group_norm(ctx.buffers[x_name], y, weight, bias, groups, epsilon, code, 1, channels_last)
+
+            return run_into_output
+        into, threads = bound.into, bound.threads
+
+        def run(ctx, values):
+            x = ctx.buffers[x_name] if x_where == _BUFFER else values[x_name]
+            if y_where == _BUFFER:
+                y = ctx.buffers[y_name]
+            else:
+                y = values[y_name] = np.empty(y_shape, y_dtype)
+            into(x, y, threads)
+
+        return run
 
     def _run_general(self, bound: _GroupNormStep, buffers, values) -> None:
         """A GroupNorm without a prepared call (SkipGroupNorm, weights computed

@@ -155,6 +155,7 @@ class InferenceSession:
         ops.load_all()
         self._declared_inputs = list(graph.inputs)
         self._declared_outputs = list(graph.outputs)
+        self._output_names = tuple(v.name for v in self._declared_outputs)
         self._nodes_in_file = len(graph.nodes)
         self._op_types_in_file = Counter(_op_key(n) for n in graph.nodes)
         topological_order(graph)  # structural errors surface before any work
@@ -371,13 +372,12 @@ class InferenceSession:
 
     def _collect(self, names, env, feeds, fresh=frozenset()) -> list:
         """The outputs `names` from `env`; those in `fresh` are known to be new buffers."""
-        results = []
-        for name in names:
-            value = env[name]
-            if name not in fresh and isinstance(value, np.ndarray) and self._aliases_held_buffer(value, feeds):
-                value = value.copy()  # never hand out the session's or the caller's buffers
-            results.append(value)
-        self._last_output_shapes = {name: np.shape(v) for name, v in zip(names, results)}
+        results = [env[name] for name in names]
+        if not fresh.issuperset(names):
+            for index, (name, value) in enumerate(zip(names, results)):
+                if name not in fresh and isinstance(value, np.ndarray) and self._aliases_held_buffer(value, feeds):
+                    results[index] = value.copy()  # never hand out the session's or the caller's buffers
+        self._last_output_shapes = dict(zip(names, map(np.shape, results)))
         return results
 
     def _aliases_held_buffer(self, value, feeds) -> bool:
@@ -397,15 +397,15 @@ class InferenceSession:
         return False
 
     def _check_output_names(self, output_names):
-        available = [v.name for v in self._declared_outputs]
         if output_names is None:
-            return available
+            return self._output_names
+        available = self._output_names
         if isinstance(output_names, str):
             raise TypeError(f"output_names must be a list of names or None, got the string {output_names!r}")
         names = list(output_names)
         for name in names:
             if name not in available:
-                raise ValueError(f"output_names: {name!r} is not an output of the model; outputs are {available}")
+                raise ValueError(f"output_names: {name!r} is not an output of the model; outputs are {list(available)}")
         return names
 
     def _check_feeds(self, input_feed) -> Dict[str, np.ndarray]:

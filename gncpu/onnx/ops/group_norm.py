@@ -280,5 +280,15 @@ def prepare_fused_group_norm(node, constants):
             raise BindingMismatch(f"{op_name}: returned {result.dtype}{result.shape}, bound {y.dtype}{y.shape}")
         np.copyto(y, result)
 
+    def kernel_arguments(dtype):
+        """(weight, bias, groups, epsilon, activation code, channels_last) for
+        kernels.group_norm on a C-contiguous x of `dtype` whose shape fits the node
+        (float32/float64), else None: a bound run calls the kernel with them."""
+        dtype = np.dtype(dtype)
+        if dtype not in weights:
+            return None
+        return (*weights[dtype], groups, epsilon, code, channels_last)
+
     call.into = into
+    call.kernel_arguments = kernel_arguments
     return call
