@@ -9,13 +9,14 @@ each claimed node is bound to its gncpu kernel (gncpu.onnx.plan.bind_kernel).
 A run walks the parts in order over one dict of the tensors that cross them.
 
 Per-run cost, measured on onnxruntime 1.32 (AMD EPYC Zen 4, 2 threads): the
-binding's `run(names, feeds)` costs ~3.7 us for a one-node graph and hands its
-outputs back as NumPy arrays over onnxruntime's buffers (no copy); the inputs
-are read in place. IO binding costs ~7 us when inputs and preallocated outputs
-are bound on every run (it only wins, at ~2.2 us, when the same buffers are
-bound once), so plain `run` is used. The public `InferenceSession.run` adds
-~1.5 us of name checks that `_check_feeds` has already made, so the binding's
-own `run` is called when the wheel has it.
+first run with a feed signature goes part by part over a dict, calling each
+binding's `run(names, feeds)` (~3.7-6 us for a one-node graph; its outputs come
+back as NumPy arrays over onnxruntime's buffers, its inputs are read in place),
+and records the shapes that cross parts. Later runs with that signature are
+bound (gncpu.onnx.bound_run): buffers and IO bindings fixed once, ~3-5 us per
+region. IO binding only wins when bound once: binding an output costs ~4.5 us.
+The public `InferenceSession.run` adds ~1.5 us of name checks that
+`_check_feeds` has already made, so the binding's own `run` is called.
 
 Threads: a region session gets intra_op_num_threads = the session's thread
 count (inter_op 1, sequential), unless the region is too small to pay for a
