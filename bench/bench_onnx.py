@@ -22,8 +22,12 @@
 Each sample batches enough calls to last >= 2 ms (small models run in tens
 of microseconds); contenders take turns sample by sample (the order rotates
 each round), and a ratio is the median over rounds of the two contenders'
-times in the same round, so a slow moment of the shared machine hits both. Unset the OPENBLAS_* variables for benchmarks (see design
-notes); the BLAS kernel in use is printed.
+times in the same round, so a slow moment of the shared machine hits both.
+After each sample the bench waits (up to 0.1 s, untimed) until the worker
+threads the contender left spinning go idle: onnxruntime's pool spins ~50 ms
+of a core after a run, which would otherwise be charged to whichever
+contender runs next. Unset the OPENBLAS_* variables for benchmarks (see
+design notes); the BLAS kernel in use is printed.
 """
 import argparse
 import glob
@@ -36,6 +40,8 @@ import time
 import warnings
 
 import numpy as np
+
+from gncpu.bench.timing import quiesce
 
 THREADS = 2
 
@@ -95,6 +101,7 @@ def _export(module, shape, path, opset):
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "models")
 SAMPLE_SECONDS = 0.002
+QUIET_SECONDS = 0.1
 
 
 def _calls_per_sample(run):
@@ -122,6 +129,9 @@ def _interleaved(runners, repeats):
             for _ in range(calls):
                 run()
             times[name].append((time.perf_counter() - start) / calls)
+            # Let the pools this contender left spinning go idle (onnxruntime's spin
+            # ~50 ms of a core after a run): else they steal a core from the next one.
+            quiesce(QUIET_SECONDS)
     first = times[names[0]]
     return {name: (statistics.median(t), min(t), statistics.median(a / b for a, b in zip(t, first)))
             for name, t in times.items()}

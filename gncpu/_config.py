@@ -4,7 +4,7 @@ import platform
 import sys
 
 from . import _fork
-from .kernel import LEVELS, kernels, _baseline
+from .kernel import LEVELS, kernels, _baseline, omp_spin_setting
 
 __all__ = ["set_num_threads", "get_num_threads", "resolve_threads", "show_config", "config"]
 
@@ -80,6 +80,7 @@ def config():
         "omp_max_threads": kernels.max_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "fork": _fork.describe(),
+        "omp_idle_spin": omp_spin_setting(),
         "kernel_variant": info["variant"],
         "cpu_supports": LEVELS[cpu_level] if cpu_level < len(LEVELS) else LEVELS[-1],
         "cflags": info["cflags"],

@@ -11,7 +11,7 @@ import gncpu
 from conftest import F32_TOL, REPO_ROOT, SELECTED_VARIANT, VARIANTS, python_command, subprocess_env
 
 CONFIG_FIELDS = ["version", "python", "platform", "compiler", "openmp", "threads", "omp_max_threads",
-                 "OMP_NUM_THREADS", "fork", "kernel_variant", "cpu_supports", "cflags",
+                 "OMP_NUM_THREADS", "fork", "omp_idle_spin", "kernel_variant", "cpu_supports", "cflags",
                  "min_elements_per_thread", "chunk_elements"]
 # The CUDA path's fields follow; which ones depends on whether CuPy is
 # installed and sees a device.

@@ -2,6 +2,7 @@
 plans and every compiled instruction-set variant; the thread policy
 (num_threads, set_num_threads, OMP_NUM_THREADS, threadpoolctl); and many
 Python threads calling at once."""
+import os
 import json
 import subprocess
 import threading
@@ -254,3 +255,33 @@ def test_parallel_copy(rng, nbytes, threads):
         dst[...] = 0
         assert module.parallel_copy(src, dst, threads) is dst
         assert np.array_equal(dst, src)
+
+
+_SPIN_PROBE = """
+import os, subprocess, sys
+import gncpu
+from gncpu._config import config
+print(config()["omp_idle_spin"])
+print(os.environ.get("GOMP_SPINCOUNT"))
+print(subprocess.run([sys.executable, "-P", "-c", "import os; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                     capture_output=True, text=True).stdout.strip())
+"""
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "GOMP_SPINCOUNT=10000 (set by gncpu at load"),
+    ({"OMP_WAIT_POLICY": "passive"}, "OMP_WAIT_POLICY=passive (the user's)"),
+    ({"GOMP_SPINCOUNT": "123"}, "GOMP_SPINCOUNT=123 (the user's)"),
+])
+def test_libgomp_idle_spin_is_cut_at_load_unless_the_user_chose(env, expected):
+    """gncpu loads libgomp with a short idle spin (its default keeps a core busy ~9 ms
+    after each call), unless the user set a wait policy; the variable is set only
+    around the load, so neither this process's environment nor a child keeps it."""
+    child_env = subprocess_env(**{"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None, **env})
+    out = subprocess.run(python_command("-c", _SPIN_PROBE), env=child_env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    setting, in_process, in_child = out.stdout.strip().splitlines()
+    assert setting.startswith(expected)
+    left = env.get("GOMP_SPINCOUNT", "None")
+    assert in_process == left and in_child == left

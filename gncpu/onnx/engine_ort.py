@@ -20,14 +20,17 @@ The public `InferenceSession.run` adds ~1.5 us of name checks that
 
 Threads: a region session gets intra_op_num_threads = the session's thread
 count (inter_op 1, sequential), unless the region is too small to pay for a
-thread pool (gncpu.onnx.region_cost): then one thread, so no pool at all. Its
-workers spin as onnxruntime's do by default: stopping them when a region
-returns ("session.force_spinning_stop") made every run wake them again, which
-cost 2-100x on the small committed models of this 2-vCPU shared machine; only
-regions over HUGE_REGION_WORK (tens of ms) stop them, as there the wake-up is
-lost in the run time and a spinning worker would slow the next GroupNorm.
-GroupNorm kernels below THREADED_GROUP_NORM_ELEMENTS run on one thread, since
-their second thread would compete with a still-spinning onnxruntime worker.
+thread pool (gncpu.onnx.region_cost): then one thread, so no pool at all.
+Each pooled region's workers spin while it runs and stop when it returns
+("session.force_spinning_stop"): an onnxruntime worker left spinning burns
+~50 ms of a core after a run (measured on a 2-vCPU AMD EPYC VM), and with a
+pool per region they took the cores from each other and from the GroupNorms
+(torch_legacy_dynamic_vae_decoder_block_opset17: 12-34 ms a run with
+spinning pools, 3.1-3.3 ms with stopped ones; plain onnxruntime 2.5-2.7).
+Waking a stopped worker costs tens of microseconds, small against a region
+big enough to get a pool. GroupNorm kernels below THREADED_GROUP_NORM_ELEMENTS
+run on one thread. libgomp's own idle spin is cut to ~0.3 ms at import (see
+gncpu.kernel).
 `bench/bench_onnx.py --spin-policies` times the alternatives.
 """
 from __future__ import annotations
@@ -50,7 +53,7 @@ from .region_cost import HUGE_REGION_WORK, SMALL_REGION_WORK, region_work
 
 # How onnxruntime's workers wait for work: policy -> (allow_spinning, force_spinning_stop).
 SPIN_POLICIES = {"during_run": ("1", "1"), "off": ("0", "1"), "always": ("1", "0")}
-SPIN_POLICY = "always"  # see the module docstring; bench/bench_onnx.py --spin-policies measures all three
+SPIN_POLICY = "during_run"  # see the module docstring; bench/bench_onnx.py --spin-policies measures all three
 # A GroupNorm over fewer elements runs on one thread: its second OpenMP thread would
 # wait for a core that a region's onnxruntime worker is still spinning on (measured on
 # torch_legacy_dynamic_vae_decoder_block_opset17: 10x plain onnxruntime's time with
