@@ -58,6 +58,7 @@ def test_committed_model_bound_runs_equal_unbound_runs_on_fresh_data(path):
         _assert_same(got, unbound.run(None, feed))
         kept.append((got, [g.copy() for g in got]))
     assert any(isinstance(p, BoundPlan) for p in _plans(bound))
+    assert bound.stats()["partition"]["bound_signatures"] >= 1
     # Outputs of earlier runs are the caller's: later runs did not write into them.
     for got, copy in kept:
         _assert_same(got, copy)
@@ -155,6 +156,9 @@ def test_output_shape_that_follows_values_falls_back_to_the_unbound_path():
         assert got.shape == want.shape == (2, 4, 6, k)
         assert _max_rel(got, want) <= 1e-4
     assert _plans(bound) == [None]   # the signature now runs unbound
+    split = bound.stats()["partition"]
+    assert split["bound_signatures"] == 0 and split["unbound_signatures"] == 1
+    assert "0 feed signature(s) bound, 1 run unbound" in bound.summary()
 
 
 def test_an_error_in_a_bound_run_is_the_models_and_keeps_the_plan():

@@ -379,6 +379,9 @@ class OrtEngine:
         info["region_threads"] = [s.threads for s in self.steps if isinstance(s.part, Region)]
         info["intra_op_num_threads"] = self.num_threads
         info["spin_policy"] = self.spin_policy
+        plans = list(self._bound.values())
+        info["bound_signatures"] = sum(plan is not None for plan in plans)
+        info["unbound_signatures"] = sum(plan is None for plan in plans)
         return info
 
 

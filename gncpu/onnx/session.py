@@ -503,6 +503,10 @@ def _partition_lines(info: dict) -> List[str]:
                 if info["claimed_control_flow"] else "")
              + f"; onnxruntime intra_op_num_threads={info['intra_op_num_threads']} "
                f"(per region: {', '.join('per shape' if t is None else str(t) for t in info['region_threads'])})"]
+    if "bound_signatures" in info:
+        lines.append(f"  bound runs (buffers and IO bindings fixed, see docs/onnx.md): "
+                     f"{info['bound_signatures']} feed signature(s) bound, {info['unbound_signatures']} run unbound "
+                     f"(a region's output shape follows its input values)")
     return lines
 
 
