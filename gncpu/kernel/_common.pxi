@@ -54,6 +54,7 @@ cdef enum:
     ROWS = 64
     NHWC_BLOCK = 8192
     COPY_BLOCK = 65536
+    HALF_BLOCK = 65536  # elements per thread work item of the float16 conversions
 
 cdef enum:
     ACT_NONE = 0

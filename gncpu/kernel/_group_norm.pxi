@@ -112,6 +112,61 @@ def parallel_copy(cnp.ndarray src, cnp.ndarray dst, int threads):
     return dst
 
 
+cdef extern from "_half.h":
+    const bint GNCPU_HAVE_FLOAT16
+    void gn_half_to_float(const void* src, float* dst, Py_ssize_t n) noexcept nogil
+    void gn_float_to_half(const float* src, void* dst, Py_ssize_t n) noexcept nogil
+
+# Whether half_to_float / float_to_half exist in this build (see _half.h).
+HAVE_FLOAT16 = bool(GNCPU_HAVE_FLOAT16)
+
+
+cdef int _check_half_pair(cnp.ndarray half, cnp.ndarray single) except -1:
+    if not GNCPU_HAVE_FLOAT16:
+        raise RuntimeError("this build has no float16 conversion (see HAVE_FLOAT16)")
+    if half.dtype.num != cnp.NPY_FLOAT16 or single.dtype.num != cnp.NPY_FLOAT32:
+        raise TypeError(f"expected float16 and float32 arrays, got {half.dtype} and {single.dtype}")
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(half) and cnp.PyArray_IS_C_CONTIGUOUS(single)):
+        raise ValueError("both arrays must be C-contiguous")
+    if half.size != single.size:
+        raise ValueError(f"sizes differ: {half.size} and {single.size}")
+    return 0
+
+
+def half_to_float(cnp.ndarray src, cnp.ndarray dst, int threads=1):
+    """dst (float32) = src (float16), both C-contiguous and the same size.
+    Elementwise: the result does not depend on `threads`."""
+    _check_half_pair(src, dst)
+    cdef const char* s = <const char*>cnp.PyArray_DATA(src)
+    cdef float* d = <float*>cnp.PyArray_DATA(dst)
+    cdef Py_ssize_t n = src.size, k, blocks = (n + HALF_BLOCK - 1) // HALF_BLOCK
+    with nogil:
+        if threads <= 1 or blocks < 2:
+            gn_half_to_float(s, d, n)
+        else:
+            for k in prange(blocks, num_threads=threads, schedule="static"):
+                gn_half_to_float(s + 2 * k * HALF_BLOCK, d + k * HALF_BLOCK,
+                                 min(<Py_ssize_t>HALF_BLOCK, n - k * HALF_BLOCK))
+    return dst
+
+
+def float_to_half(cnp.ndarray src, cnp.ndarray dst, int threads=1):
+    """dst (float16) = src (float32) rounded to nearest even, both C-contiguous
+    and the same size. Elementwise: the result does not depend on `threads`."""
+    _check_half_pair(dst, src)
+    cdef const float* s = <const float*>cnp.PyArray_DATA(src)
+    cdef char* d = <char*>cnp.PyArray_DATA(dst)
+    cdef Py_ssize_t n = src.size, k, blocks = (n + HALF_BLOCK - 1) // HALF_BLOCK
+    with nogil:
+        if threads <= 1 or blocks < 2:
+            gn_float_to_half(s, d, n)
+        else:
+            for k in prange(blocks, num_threads=threads, schedule="static"):
+                gn_float_to_half(s + k * HALF_BLOCK, d + 2 * k * HALF_BLOCK,
+                                 min(<Py_ssize_t>HALF_BLOCK, n - k * HALF_BLOCK))
+    return dst
+
+
 def cpu_level():
     """0 baseline, 1 x86-64-v3 (AVX2+FMA), 2 x86-64-v4 (AVX-512) on this CPU."""
     return gncpu_cpu_level()

@@ -239,14 +239,16 @@ def prepare_fused_group_norm(node, constants):
                 and (x.shape[axis] == channels or not channels and x.shape[axis] % groups == 0))
 
     def half(x, y, num_threads):
-        """float16 as the general op computes it: in float32 on a copy, rounded back."""
-        work = x.astype(np.float32)
+        """float16 as the general op computes it: in float32 on a copy, rounded back
+        (through the kernels' F16C conversions where built, as functional does)."""
+        threads = resolve_threads(num_threads, x.size)
+        work = functional._to_compute(x, np.dtype(np.float32), threads)
         w, b = weights[np.dtype(np.float32)]
-        kernels.group_norm(work, work, w, b, groups, epsilon, code, resolve_threads(num_threads, x.size),
-                           channels_last)
+        kernels.group_norm(work, work, w, b, groups, epsilon, code, threads, channels_last)
         if y is None:
-            return work.astype(np.float16)
-        np.copyto(y, work, casting="unsafe")
+            return functional._from_compute(work, np.dtype(np.float16), threads)
+        if not functional._half_into(work, y, threads):
+            np.copyto(y, work, casting="unsafe")
         return y
 
     def call(x, scale=None, bias=None, *rest):
