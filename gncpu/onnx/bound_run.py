@@ -142,6 +142,7 @@ class BoundPlan:
         self._held_outputs = [name for name in engine.output_names
                               if name not in produced_per_run and name not in self._copied_out and name not in feeds]
         self._buffer_slots = self._share_buffers(outputs)
+        self._scratch_specs: Dict[str, tuple] = {}  # per-context work buffers of float16 GroupNorms
         self._runners = self._make_runners()
 
     # ------------------------------------------------------------------ buffers
@@ -185,6 +186,8 @@ class BoundPlan:
     def _new_context(self) -> Context:
         arrays = [aligned_empty(shape, dtype) for shape, dtype in self._slot_specs]
         buffers = {name: arrays[slot] for name, slot in self._buffer_slots.items()}
+        for key, (shape, dtype) in self._scratch_specs.items():
+            buffers[key] = aligned_empty(shape, dtype)
         buffers.update(self._engine.held)
         bindings = []
         device = self._device
@@ -276,6 +279,27 @@ class BoundPlan:
                 group_norm(ctx.buffers[x_name], y, weight, bias, groups, epsilon, code, 1, channels_last)
 
             return run_into_output
+        half_arguments = direct(np.float32) if direct is not None and x_where == _BUFFER else None
+        if (half_arguments is not None and bound.threads == 1 and y_dtype == np.float16
+                and _kernels().HAVE_FLOAT16):
+            # float16 as the prepared call computes it (widened, normalized in place in
+            # float32, rounded back), into a float32 work buffer of this context.
+            kernels = _kernels()
+            widen, narrow, group_norm = kernels.half_to_float, kernels.float_to_half, kernels.group_norm
+            weight, bias, groups, epsilon, code, channels_last = half_arguments
+            work_key = f"\0work:{y_name}"
+            self._scratch_specs[work_key] = (tuple(y_shape), np.dtype(np.float32))
+
+            def run_half(ctx, values):
+                buffers = ctx.buffers
+                work = widen(buffers[x_name], buffers[work_key], 1)
+                group_norm(work, work, weight, bias, groups, epsilon, code, 1, channels_last)
+                if y_where == _BUFFER:
+                    narrow(work, buffers[y_name], 1)
+                else:
+                    values[y_name] = narrow(work, np.empty(y_shape, y_dtype), 1)
+
+            return run_half
         into, threads = bound.into, bound.threads
 
         def run(ctx, values):
@@ -313,6 +337,11 @@ def aligned_empty(shape, dtype, alignment: int = ALIGNMENT) -> np.ndarray:
     raw = np.empty(nbytes + alignment, np.uint8)
     offset = -raw.ctypes.data % alignment
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def _kernels():
+    from ..kernel import kernels
+    return kernels
 
 
 def _cpu_device(capi):
