@@ -54,6 +54,9 @@ def make_workload(name):
             # Conv region that gets an onnxruntime thread pool.
             session = InferenceSession(conv_gn_silu_model(shape=(2, 64, 64, 64)), num_threads=2,
                                        engine="onnxruntime")
+            threads = session.stats()["partition"]["region_threads"]
+            if threads != [2]:
+                raise SystemExit(f"the Conv region was expected to get a 2-thread pool, got {threads}")
         feeds = feeds_for(session)
         return lambda: session.run(None, feeds)[0]
     raise SystemExit(f"unknown workload {name!r}")

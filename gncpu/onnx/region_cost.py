@@ -16,9 +16,15 @@ from typing import Dict, Sequence
 
 import onnx
 
-# ~0.2-0.3 ms of one core's convolution throughput: below it a second thread saves
-# less than waking it can cost.
-SMALL_REGION_WORK = 1e7
+# ~4 ms of one core's convolution throughput: below it a second thread saves less
+# than waking it can cost. Pooled regions stop their workers when they return
+# (engine_ort), so each pays a wake-up per run, and on a VM whose other vCPU has
+# gone idle that took 0.1-2 ms (2-vCPU AMD EPYC VM). Measured there with
+# bench_onnx.py's interleaving: torch_legacy_dynamic_vae_decoder_block_opset17,
+# whose regions do 1e7-2e8 multiply-adds, ran at 3.3-4.6x plain onnxruntime with
+# 1e7 here, 2.5x with 5e7 and 1.1-1.5x with 2e8; the other multi-region models
+# did not change beyond noise.
+SMALL_REGION_WORK = 2e8
 # ~25 ms of two cores: from here a region's workers stop spinning when it returns
 # (waking them on the next run is lost in its run time; spinning on would take the
 # core from the GroupNorm that follows).
