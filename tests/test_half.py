@@ -95,3 +95,12 @@ def test_float16_group_norm_matches_the_numpy_cast_path(channels_last):
         view = np.moveaxis(nchw_strides, -1, 1)
         want = gncpu.group_norm(view.astype(np.float32), 8, w, b).astype(np.float16)
         np.testing.assert_array_equal(gncpu.group_norm(view, 8, w, b), want)
+
+
+def test_which_variants_convert_and_the_others_say_so():
+    """avx2 and avx512 builds (x86-64-v3/v4 include F16C) convert; the baseline build
+    does not, and calling its conversion raises instead of returning garbage."""
+    assert kernels.HAVE_FLOAT16 == (SELECTED_VARIANT in ("avx2", "avx512"))
+    if not kernels.HAVE_FLOAT16:
+        with pytest.raises(RuntimeError, match="no float16 conversion"):
+            kernels.half_to_float(np.zeros(4, np.float16), np.zeros(4, np.float32))
