@@ -192,3 +192,38 @@ def test_results_do_not_change_with_the_thread_count():
             # GroupNorm and onnxruntime's own kernels at a fixed thread count repeat bit for
             # bit; across counts onnxruntime's convolutions may round differently.
             assert _max_rel(g, w) <= 1e-5
+
+
+def test_plans_kept_are_bounded_by_count_and_bytes(monkeypatch):
+    """A service that sees ever new shapes keeps a bounded set of bound plans,
+    least recently used dropped first, and every run stays right."""
+    from gncpu.onnx import engine_ort
+
+    bound, unbound = _sessions(_skip_model())
+    shapes = [(1, 4, h, 5) for h in range(3, 13)]
+    one_plan = None
+    for shape in shapes[:2]:
+        x = RNG.standard_normal(shape).astype(np.float32)
+        _assert_same(bound.run(None, {"x": x}), unbound.run(None, {"x": x}))
+        one_plan = _plans(bound)[-1]
+    monkeypatch.setattr(engine_ort, "BOUND_PLANS_KEPT", 4)
+    for shape in shapes:
+        for _ in range(2):
+            x = RNG.standard_normal(shape).astype(np.float32)
+            _assert_same(bound.run(None, {"x": x}), unbound.run(None, {"x": x}))
+        assert len(_plans(bound)) <= 4
+    last = [((1, 4, h, 5), np.dtype(np.float32)) for h in (9, 10, 11, 12)]
+    assert [signature[0] for signature in bound._ort._bound] == last   # the four most recent
+    # Bytes: a budget of about two plans keeps two; the newest is kept even alone.
+    monkeypatch.setattr(engine_ort, "BOUND_PLANS_KEPT", 64)
+    monkeypatch.setattr(engine_ort, "BOUND_BYTES_KEPT", 2 * one_plan.buffer_bytes + 1)
+    for shape in [(1, 4, 3, 5), (1, 4, 3, 6), (1, 4, 3, 7)]:
+        x = RNG.standard_normal(shape).astype(np.float32)
+        _assert_same(bound.run(None, {"x": x}), unbound.run(None, {"x": x}))
+    kept = bound._ort._bound
+    assert sum(p.buffer_bytes for p in kept.values()) <= 2 * one_plan.buffer_bytes + 1 or len(kept) == 1
+    assert list(kept)[-1][0][0] == (1, 4, 3, 7)
+    monkeypatch.setattr(engine_ort, "BOUND_BYTES_KEPT", 1)
+    x = RNG.standard_normal((1, 4, 20, 20)).astype(np.float32)
+    _assert_same(bound.run(None, {"x": x}), unbound.run(None, {"x": x}))
+    assert len(kept) == 1 and isinstance(next(iter(kept.values())), BoundPlan)

@@ -94,6 +94,7 @@ class BoundPlan:
         self._engine = engine
         self._shapes = shapes
         self._free: List[Context] = []
+        self._contexts_made = 0
         self._device = _cpu_device(engine.ort_capi)
         outputs = set(engine.output_names)
         feeds = set(feed_names)
@@ -183,7 +184,16 @@ class BoundPlan:
                 free.setdefault((tuple(shape), dtype.str), []).append(slots[name])
         return slots
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of buffers the contexts made so far hold (one context's worth before
+        the first run)."""
+        specs = self._slot_specs + list(self._scratch_specs.values())
+        one = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize + ALIGNMENT for shape, dtype in specs)
+        return one * max(1, self._contexts_made)
+
     def _new_context(self) -> Context:
+        self._contexts_made += 1
         arrays = [aligned_empty(shape, dtype) for shape, dtype in self._slot_specs]
         buffers = {name: arrays[slot] for name, slot in self._buffer_slots.items()}
         for key, (shape, dtype) in self._scratch_specs.items():

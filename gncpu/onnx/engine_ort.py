@@ -98,9 +98,12 @@ class Step:
         self.free_after = free_after  # crossing tensors no later part reads
 
 
-# Feed signatures (shapes and dtypes) whose bound plans a session keeps; past it,
-# a service that sees ever new shapes starts over.
+# Bound plans a session keeps, least recently used dropped first: at most this many
+# feed signatures (shapes and dtypes), and at most this many bytes of their buffers
+# (a service that sees ever new shapes of a large model would otherwise keep a set
+# of activations per shape). The newest plan is kept whatever its size.
 BOUND_PLANS_KEPT = 64
+BOUND_BYTES_KEPT = 1 << 30
 _UNSEEN = object()
 
 
@@ -115,6 +118,7 @@ class OrtEngine:
         self.threaded_group_norm_elements = THREADED_GROUP_NORM_ELEMENTS
         self.bind = bind                          # bound runs (gncpu.onnx.bound_run) after the first
         self._bound: Dict[tuple, object] = {}     # feed signature -> BoundPlan, or None: not bindable
+        self._bound_lock = threading.Lock()
         self.spin_policy = SPIN_POLICY if spin_policy is None else spin_policy
         self.parts = partition_graph(graph)
         self._types = _known_types(graph)
@@ -328,19 +332,32 @@ class OrtEngine:
         signature = _feed_signature(feeds) if self.bind else None
         plan = _UNSEEN if signature is None else self._bound.get(signature, _UNSEEN)
         if plan is not _UNSEEN and plan is not None:
+            if len(self._bound) > 1:
+                with self._bound_lock:  # most recently used last
+                    self._bound[signature] = self._bound.pop(signature, plan)
             try:
                 return plan.execute(feeds, on_step)
             except BindingMismatch:
                 env = self._execute_parts(feeds, on_step, None)
-                self._bound[signature] = None
+                with self._bound_lock:
+                    self._bound[signature] = None
                 return env
         record = {} if signature is not None and plan is _UNSEEN else None
         env = self._execute_parts(feeds, on_step, record)
         if record is not None:
-            if len(self._bound) >= BOUND_PLANS_KEPT:
-                self._bound.clear()
-            self._bound[signature] = build_bound_plan(self, record, list(feeds))
+            self._keep_bound_plan(signature, build_bound_plan(self, record, list(feeds)))
         return env
+
+    def _keep_bound_plan(self, signature, plan) -> None:
+        """Add `plan`, first dropping the least recently used plans beyond
+        BOUND_PLANS_KEPT signatures or BOUND_BYTES_KEPT bytes of buffers."""
+        new_bytes = plan.buffer_bytes if plan is not None else 0
+        with self._bound_lock:
+            kept = self._bound
+            while kept and (len(kept) >= BOUND_PLANS_KEPT or new_bytes + sum(
+                    p.buffer_bytes for p in kept.values() if p is not None) > BOUND_BYTES_KEPT):
+                kept.pop(next(iter(kept)))
+            kept[signature] = plan
 
     def _execute_parts(self, feeds, on_step, record: Optional[dict]) -> Dict[str, object]:
         """The unbound run; `record`, if given, gets (shape, dtype) of every tensor
@@ -379,7 +396,8 @@ class OrtEngine:
         info["region_threads"] = [s.threads for s in self.steps if isinstance(s.part, Region)]
         info["intra_op_num_threads"] = self.num_threads
         info["spin_policy"] = self.spin_policy
-        plans = list(self._bound.values())
+        with self._bound_lock:
+            plans = list(self._bound.values())
         info["bound_signatures"] = sum(plan is not None for plan in plans)
         info["unbound_signatures"] = sum(plan is None for plan in plans)
         return info
