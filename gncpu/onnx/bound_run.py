@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..kernel import kernels
 from . import context
 from .partition import Claimed, Region, is_group_norm
 
@@ -69,7 +70,7 @@ class _RegionStep:
 
 
 class _GroupNormStep:
-    __slots__ = ("step", "sources", "outputs", "into", "threads", "kernel")
+    __slots__ = ("step", "sources", "outputs", "into", "threads")
 
     def __init__(self, step):
         self.step = step
@@ -77,7 +78,6 @@ class _GroupNormStep:
         self.outputs: List[Tuple[int, str, tuple, np.dtype]] = []
         self.into = None      # prepared fused GroupNorm: into(x, y, threads)
         self.threads = 1
-        self.kernel = step.kernel
 
 
 class Context:
@@ -99,7 +99,7 @@ class BoundPlan:
         outputs = set(engine.output_names)
         feeds = set(feed_names)
         produced_per_run = set()  # graph outputs made fresh on every run
-        self._copied_out: List[str] = []
+        copied_out = set()        # graph outputs copied out of a region's buffer
         self._steps = []
         for step in engine.steps:
             part = step.part
@@ -118,7 +118,7 @@ class BoundPlan:
                         bound.once_outputs.append(name)
                         if name in outputs:
                             bound.copied_outputs.append(name)
-                            self._copied_out.append(name)
+                            copied_out.add(name)
                 self._steps.append(bound)
             else:
                 node = part.node
@@ -141,7 +141,7 @@ class BoundPlan:
                                      else engine.num_threads)
                 self._steps.append(bound)
         self._held_outputs = [name for name in engine.output_names
-                              if name not in produced_per_run and name not in self._copied_out and name not in feeds]
+                              if name not in produced_per_run and name not in copied_out and name not in feeds]
         self._buffer_slots = self._share_buffers(outputs)
         self._scratch_specs: Dict[str, tuple] = {}  # per-context work buffers of float16 GroupNorms
         self._runners = self._make_runners()
@@ -271,15 +271,33 @@ class BoundPlan:
             return lambda ctx, values: self._run_general(bound, ctx.buffers, values)
         x_where, x_name = bound.sources[0]
         y_where, y_name, y_shape, y_dtype = bound.outputs[0]
-        direct = getattr(bound.step.kernel.call, "kernel_arguments", None)
-        arguments = direct(y_dtype) if direct is not None and x_where == _BUFFER else None
-        if arguments is not None and bound.threads == 1:
+        half = y_dtype == np.float16
+        kernel_arguments = getattr(bound.step.kernel.call, "kernel_arguments", None)
+        arguments = None
+        if (kernel_arguments is not None and x_where == _BUFFER and bound.threads == 1
+                and (kernels.HAVE_FLOAT16 or not half)):
             # The input is a buffer of this plan: its dtype, shape and layout are the
-            # recorded ones, which the prepared call accepts; only the kernel is left.
-            from ..kernel import kernels
-
+            # recorded ones, which the prepared call accepts; only the kernel is left
+            # (float16: computed in float32 as the prepared call does, in a work buffer).
+            arguments = kernel_arguments(np.float32 if half else y_dtype)
+        if arguments is not None:
             group_norm = kernels.group_norm
             weight, bias, groups, epsilon, code, channels_last = arguments
+            if half:
+                widen, narrow = kernels.half_to_float, kernels.float_to_half
+                work_key = f"\0work:{y_name}"
+                self._scratch_specs[work_key] = (tuple(y_shape), np.dtype(np.float32))
+
+                def run_half(ctx, values):
+                    buffers = ctx.buffers
+                    work = widen(buffers[x_name], buffers[work_key], 1)
+                    group_norm(work, work, weight, bias, groups, epsilon, code, 1, channels_last)
+                    if y_where == _BUFFER:
+                        narrow(work, buffers[y_name], 1)
+                    else:
+                        values[y_name] = narrow(work, np.empty(y_shape, y_dtype), 1)
+
+                return run_half
             if y_where == _BUFFER:
                 return lambda ctx, values: group_norm(ctx.buffers[x_name], ctx.buffers[y_name], weight, bias,
                                                       groups, epsilon, code, 1, channels_last)
@@ -289,27 +307,6 @@ class BoundPlan:
                 group_norm(ctx.buffers[x_name], y, weight, bias, groups, epsilon, code, 1, channels_last)
 
             return run_into_output
-        half_arguments = direct(np.float32) if direct is not None and x_where == _BUFFER else None
-        if (half_arguments is not None and bound.threads == 1 and y_dtype == np.float16
-                and _kernels().HAVE_FLOAT16):
-            # float16 as the prepared call computes it (widened, normalized in place in
-            # float32, rounded back), into a float32 work buffer of this context.
-            kernels = _kernels()
-            widen, narrow, group_norm = kernels.half_to_float, kernels.float_to_half, kernels.group_norm
-            weight, bias, groups, epsilon, code, channels_last = half_arguments
-            work_key = f"\0work:{y_name}"
-            self._scratch_specs[work_key] = (tuple(y_shape), np.dtype(np.float32))
-
-            def run_half(ctx, values):
-                buffers = ctx.buffers
-                work = widen(buffers[x_name], buffers[work_key], 1)
-                group_norm(work, work, weight, bias, groups, epsilon, code, 1, channels_last)
-                if y_where == _BUFFER:
-                    narrow(work, buffers[y_name], 1)
-                else:
-                    values[y_name] = narrow(work, np.empty(y_shape, y_dtype), 1)
-
-            return run_half
         into, threads = bound.into, bound.threads
 
         def run(ctx, values):
@@ -324,11 +321,11 @@ class BoundPlan:
 
     def _run_general(self, bound: _GroupNormStep, buffers, values) -> None:
         """A GroupNorm without a prepared call (SkipGroupNorm, weights computed
-        at run time, float16): the general kernel, its results copied in."""
+        at run time): the general kernel, its results copied in."""
         args = [None if not name else (buffers[name] if where == _BUFFER else values[name])
                 for where, name in bound.sources]
         with context.using_threads(self._engine.context_threads, 1):
-            results = bound.kernel.run(args, {})
+            results = bound.step.kernel.run(args, {})
         for (where, name, shape, dtype), result in zip(bound.outputs, results):
             result = np.asarray(result)
             if result.shape != tuple(shape) or result.dtype != dtype:
@@ -347,11 +344,6 @@ def aligned_empty(shape, dtype, alignment: int = ALIGNMENT) -> np.ndarray:
     raw = np.empty(nbytes + alignment, np.uint8)
     offset = -raw.ctypes.data % alignment
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
-
-
-def _kernels():
-    from ..kernel import kernels
-    return kernels
 
 
 def _cpu_device(capi):
