@@ -148,6 +148,41 @@ def test_adversarial_data_matches_oracle(rng, case, dtype, kind, affine):
     assert_matches_oracle(y, oracle(x, groups, weight, bias, eps), dtype, kind)
 
 
+def chunk_start_outliers(rng, shape, dtype):
+    """1e4 + N(0,1) data whose every 4096-element chunk (the kernel's
+    statistics block) starts with 8 values 1e3 above the rest: a centre taken
+    from a chunk's first elements lies ~20 standard deviations from its mean."""
+    x = 1e4 + rng.standard_normal(shape)
+    flat = x.reshape(-1)
+    for start in range(0, flat.size, 4096):
+        flat[start:start + 8] += 1e3
+    return x.astype(dtype)
+
+
+def channel_mean_spread(rng, shape, dtype):
+    """Channels whose means differ by ~50 standard deviations, on an offset of
+    1e4: each chunk of a 16x16 map spans 16 channels, and its first elements
+    all belong to the first one."""
+    means = 1e4 + 50 * rng.standard_normal(shape[1])
+    return (means[:, None, None] + rng.standard_normal(shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("make", [chunk_start_outliers, channel_mean_spread])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", [name for name, _ in VARIANTS])
+def test_chunks_far_from_their_first_elements(rng, variant, dtype, threads, make):
+    """The statistics centre each chunk on its first elements; a chunk whose
+    mean lies far from them must be summed again about its mean rather than
+    lose digits to cancellation."""
+    shape, groups = (2, 64, 16, 16), 4    # groups of 4096 * 4: 4 chunks each
+    x = make(rng, shape, dtype)
+    weight, bias = make_affine(rng, shape[1], dtype, "normal")
+    module = dict(VARIANTS)[variant]
+    y = run_variant(module, x, groups, weight, bias, 1e-5, threads)
+    assert_matches_oracle(y, oracle(x, groups, weight, bias, 1e-5), dtype, "offset_1e4")
+
+
 @pytest.mark.parametrize("scale", [1e20, 1e30, 1e36])
 @pytest.mark.parametrize("case", [((2, 8, 5, 7), 4), LARGE[0], LARGE[1]], ids=large_id)
 def test_huge_float32_magnitudes(rng, case, scale):
