@@ -86,7 +86,17 @@ def config():
         "cflags": info["cflags"],
         "min_elements_per_thread": MIN_ELEMENTS_PER_THREAD,
         "chunk_elements": info["chunk"],
+        "stream_stores_from": stream_setting(),
     }
+
+
+def stream_setting():
+    """From which output size the NCHW apply stores past the cache."""
+    threshold = kernels.stream_threshold()
+    cache = kernels.last_level_cache_bytes() / 2**20
+    if threshold < 0:
+        return f"never (last-level cache {cache:.0f} MiB)"
+    return f"{threshold / 2**20:.1f} MiB of output (last-level cache {cache:.0f} MiB)"
 
 
 def show_config():

@@ -12,7 +12,7 @@ from conftest import F32_TOL, REPO_ROOT, SELECTED_VARIANT, VARIANTS, python_comm
 
 CONFIG_FIELDS = ["version", "python", "platform", "compiler", "openmp", "threads", "omp_max_threads",
                  "OMP_NUM_THREADS", "fork", "omp_idle_spin", "kernel_variant", "cpu_supports", "cflags",
-                 "min_elements_per_thread", "chunk_elements"]
+                 "min_elements_per_thread", "chunk_elements", "stream_stores_from"]
 # The CUDA path's fields follow; which ones depends on whether CuPy is
 # installed and sees a device.
 CUDA_FIELDS = ["cuda_block_threads", "cuda_chunk_elements", "cuda_compile_options", "cupy"]

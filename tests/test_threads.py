@@ -79,6 +79,81 @@ def test_variant_matches_oracle_bitwise_across_thread_counts(rng, case, variant,
                                         f"{kernel_plan(shape[0] * groups, threads)} plan)")
 
 
+class stream_threshold:
+    """Within the block, `module` stores outputs of >= nbytes past the cache."""
+
+    def __init__(self, module, nbytes):
+        self.module, self.nbytes = module, nbytes
+
+    def __enter__(self):
+        self.previous = self.module.set_stream_threshold(self.nbytes)
+
+    def __exit__(self, *exc):
+        self.module.set_stream_threshold(self.previous)
+
+
+def misaligned_empty(shape, dtype):
+    """An array one element past a 64-byte boundary: the streaming stores'
+    aligned part starts inside the first channel's run."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(int(np.prod(shape)) * itemsize + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + itemsize
+    return raw[start:start + int(np.prod(shape)) * itemsize].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("variant", [name for name, _ in VARIANTS])
+@pytest.mark.parametrize("case", PLAN_CASES + [((2, 64, 64, 64), 32), ((1, 3, 127, 131), 1)],
+                         ids=case_id)
+def test_streamed_stores_give_the_same_bits(rng, case, variant, dtype):
+    """Outputs stored past the cache (non-temporal stores, used for large
+    outputs) are bit-identical to ordinary stores, at 1 and 2 threads, into
+    aligned and misaligned outputs, and every element is written."""
+    module = dict(VARIANTS)[variant]
+    shape, groups = case
+    x, eps = make_data(rng, shape, dtype, "offset_1e4")
+    weight, bias = make_affine(rng, shape[1], dtype, "normal")
+    with stream_threshold(module, -1):
+        expected = run_variant(module, x, groups, weight, bias, eps, threads=1)
+    with stream_threshold(module, 0):
+        for threads in (1, 2):
+            for out in (np.empty_like(x), misaligned_empty(shape, dtype)):
+                out.fill(np.nan)
+                run_variant(module, x, groups, weight, bias, eps, threads=threads, out=out)
+                assert_bitwise_equal(out, expected, f"({variant}, streamed, {threads} threads)")
+
+
+@pytest.mark.parametrize("variant", [name for name, _ in VARIANTS])
+def test_streamed_stores_in_place_and_with_a_residual(rng, variant):
+    module = dict(VARIANTS)[variant]
+    shape, groups = (2, 64, 32, 32), 8
+    x, eps = make_data(rng, shape, np.float32, "normal")
+    skip = rng.standard_normal(shape).astype(np.float32)
+    weight, bias = make_affine(rng, shape[1], np.float32, "normal")
+    with stream_threshold(module, -1):
+        expected = run_variant(module, x, groups, weight, bias, eps, threads=2)
+        expected_sum = np.empty_like(x)
+        expected_res = run_variant(module, x, groups, weight, bias, eps, threads=2, skip=skip,
+                                   sum_out=expected_sum)
+    with stream_threshold(module, 0):
+        inplace = x.copy()
+        run_variant(module, inplace, groups, weight, bias, eps, threads=2, out=inplace)
+        assert_bitwise_equal(inplace, expected, f"({variant}, streamed, in place)")
+        sum_out = np.full_like(x, np.nan)
+        res = run_variant(module, x, groups, weight, bias, eps, threads=2, skip=skip,
+                          sum_out=sum_out)
+        assert_bitwise_equal(res, expected_res, f"({variant}, streamed, residual)")
+        assert_bitwise_equal(sum_out, expected_sum, f"({variant}, streamed, residual sum)")
+
+
+def test_stream_threshold_is_validated_and_defaults_to_half_the_cache():
+    module = dict(VARIANTS)[SELECTED_VARIANT]
+    assert module.stream_threshold() == module.last_level_cache_bytes() // 2
+    with pytest.raises(ValueError, match="nbytes=-2"):
+        module.set_stream_threshold(-2)
+    assert module.stream_threshold() == module.last_level_cache_bytes() // 2
+
+
 @pytest.mark.parametrize("kind", ["normal", "offset_1e4"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=case_id)
 def test_variants_agree_within_the_oracle_bound(rng, case, kind):

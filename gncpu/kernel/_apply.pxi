@@ -20,6 +20,18 @@ cdef extern from "_vecact.h":
                            int kind) noexcept nogil
 
 
+cdef extern from "_stream.h":
+    # y = (x - head) * a + b with non-temporal stores, and the fence each
+    # streaming thread ends with (see _stream.h); GNCPU_HAVE_STREAM is 0 on
+    # CPUs without them.
+    const bint GNCPU_HAVE_STREAM
+    void affine_stream_f32 "gn_affine_stream_f32"(const float* x, float* y, Py_ssize_t n,
+                                                   float head, float a, float b) noexcept nogil
+    void affine_stream_f64 "gn_affine_stream_f64"(const double* x, double* y, Py_ssize_t n,
+                                                   double head, double a, double b) noexcept nogil
+    void store_fence "gn_store_fence"() noexcept nogil
+
+
 cdef inline bint vector_act(int activation) noexcept nogil:
     """Whether float32 `activation` has the intrinsics apply of _vecact.h."""
     return GNCPU_HAVE_VECTOR_ACT and (activation == ACT_SILU or activation == ACT_GELU_TANH
@@ -88,6 +100,15 @@ cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, 
     cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real), activation)
     affine_scalar_run(x, y, peel, head, a, b, activation)
     affine_scalar_run(x + peel, y + peel, n - peel, head, a, b, activation)
+
+
+cdef inline void affine_streamed(const real* x, real* y, Py_ssize_t n, real head, real a,
+                                 real b) noexcept nogil:
+    """affine_scalar without activation, storing past the cache (see _stream.h)."""
+    if real is float:
+        affine_stream_f32(x, y, n, head, a, b)
+    else:
+        affine_stream_f64(x, y, n, head, a, b)
 
 
 cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* head,

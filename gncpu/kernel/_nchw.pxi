@@ -29,6 +29,9 @@ cdef struct GroupsNCHW:
     Py_ssize_t hw, groups, channels_per_group, length, chunks_per_group
     double eps
     int activation
+    # Store y past the cache (non-temporal, see _stream.h): set by the entry
+    # point when the call's traffic would not fit in the last-level cache.
+    bint stream
 
 
 cdef inline Moments chunk_stats(const real* x, const real* skip, const real* skip_bias,
@@ -58,9 +61,10 @@ cdef extern from "_runs.h":
 
 cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssize_t stop,
                              Py_ssize_t hw, const real* weight, const real* bias,
-                             Moments m, double eps, int activation) noexcept nogil:
+                             Moments m, double eps, int activation, bint stream) noexcept nogil:
     """Normalize src[start:stop] of one group into y (pointers at the group's
-    first element; weight and bias at its first channel, or NULL)."""
+    first element; weight and bias at its first channel, or NULL). stream:
+    non-temporal stores where there is no activation (the caller fences)."""
     cdef double rstd = inv_std(m, eps)
     cdef real head, a, b
     cdef Py_ssize_t c, lo, hi
@@ -72,6 +76,8 @@ cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssiz
         hi = min(stop, (c + 1) * hw)
         if affine_coefficients(m.mean, rstd, weight, bias, c, &head, &a, &b):
             apply_exact(src + lo, y + lo, hi - lo, m.mean, rstd, weight, bias, c, activation)
+        elif stream and activation == ACT_NONE:
+            affine_streamed(src + lo, y + lo, hi - lo, head, a, b)
         else:
             affine_scalar(src + lo, y + lo, hi - lo, head, a, b, activation)
 
@@ -134,7 +140,19 @@ cdef inline void normalize_group(const real* x, real* y, const real* skip, real*
         start = k * CHUNK
         apply_range(src, y + offset, start, min(start + CHUNK, g.length), g.hw,
                     shift(weight, first_channel), shift(bias, first_channel), m, g.eps,
-                    g.activation)
+                    g.activation, g.stream)
+
+
+cdef inline void normalize_share(const real* x, real* y, const real* skip, real* buf,
+                                 const real* weight, const real* bias, const real* skip_bias,
+                                 Py_ssize_t t, Py_ssize_t threads, Py_ssize_t pairs,
+                                 GroupsNCHW* g) noexcept nogil:
+    """Thread t's contiguous share of the pairs, one whole group after another."""
+    cdef Py_ssize_t p
+    for p in range(share_start(pairs, t, threads), share_start(pairs, t + 1, threads)):
+        normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
+    if g.stream:
+        store_fence()
 
 
 cdef inline Moments group_moments_from_chunks(const real* src, Py_ssize_t p, GroupsNCHW* g,
@@ -183,7 +201,9 @@ cdef inline void split_groups_thread(const real* x, real* y, const real* skip, r
         first_channel = (p % g.groups) * g.channels_per_group
         apply_range(src + p * g.length, y + p * g.length, start, min(start + CHUNK, g.length),
                     g.hw, shift(weight, first_channel), shift(bias, first_channel), m, g.eps,
-                    g.activation)
+                    g.activation, g.stream)
+    if g.stream:
+        store_fence()
 
 
 cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const real* weight,
@@ -191,17 +211,17 @@ cdef int run_nchw(const real* x, real* y, const real* skip, real* buf, const rea
                   GroupsNCHW* g, int threads) noexcept nogil:
     """Returns 0, or -1 if scratch memory could not be allocated."""
     cdef Py_ssize_t pairs = n * g.groups
-    cdef Py_ssize_t p
     cdef Moments* parts
     if threads == 1:  # no parallel region at all: opening one costs ~1 us
-        for p in range(pairs):
-            normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
+        normalize_share(x, y, skip, buf, weight, bias, skip_bias, 0, 1, pairs, g)
         return 0
     if pairs >= threads and (pairs % threads == 0 or pairs >= 8 * threads):
         # Enough (sample, group) pairs to balance: each thread finishes whole
-        # groups, so the second read of a group hits its cache.
-        for p in prange(pairs, num_threads=threads, schedule="static"):
-            normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
+        # groups, a contiguous share of them, so the second read of a group
+        # hits its cache.
+        with parallel(num_threads=threads):
+            normalize_share(x, y, skip, buf, weight, bias, skip_bias, threadid(),
+                            omp_get_num_threads(), pairs, g)
         return 0
     # Few pairs for the threads (N=1, G=1 is LayerNorm over C x HW): split
     # groups into chunks across threads, in one parallel region (see
