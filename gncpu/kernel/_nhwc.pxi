@@ -33,6 +33,11 @@ cdef inline void nhwc_geometry(GroupsNHWC* g, Py_ssize_t rows, Py_ssize_t channe
     g.blocks_per_sample = (rows + g.block_rows - 1) // g.block_rows
 
 
+cdef extern from "_prefetch.h":
+    # prefetch [p + 16 KiB, + nbytes) into L2 for reading (see _prefetch.h)
+    void prefetch_ahead "gn_prefetch_ahead"(const void* p, Py_ssize_t nbytes) noexcept nogil
+
+
 cdef inline void lane_sums(const real* x, Py_ssize_t n, const real* centre, real* acc_d,
                            real* acc_dd) noexcept nogil:
     """acc_d[j] += x[j] - centre[j], acc_dd[j] += (x[j] - centre[j])**2, j < n."""
@@ -88,6 +93,7 @@ cdef inline void channel_sums(const real* x, Py_ssize_t rows, GroupsNHWC* g, rea
         acc_d[j] = 0
         acc_dd[j] = 0
     for k in range(lines // 2):
+        prefetch_ahead(x + 2 * k * width, 2 * width * sizeof(real))
         lane_sums2(x + 2 * k * width, x + (2 * k + 1) * width, width, centre, acc_d, acc_dd)
     if lines % 2:
         lane_sums(x + (lines - 1) * width, width, centre, acc_d, acc_dd)
