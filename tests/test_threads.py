@@ -92,34 +92,48 @@ class stream_threshold:
         self.module.set_stream_threshold(self.previous)
 
 
-def misaligned_empty(shape, dtype):
-    """An array one element past a 64-byte boundary: the streaming stores'
-    aligned part starts inside the first channel's run."""
+def misaligned_empty(shape, dtype, past=None):
+    """An array `past` bytes (default: one element) past a 64-byte boundary:
+    the streaming stores' aligned part starts inside the first channel's run,
+    or (an odd byte count) never comes."""
     itemsize = np.dtype(dtype).itemsize
     raw = np.empty(int(np.prod(shape)) * itemsize + 128, np.uint8)
-    start = (-raw.ctypes.data) % 64 + itemsize
+    start = (-raw.ctypes.data) % 64 + (itemsize if past is None else past)
     return raw[start:start + int(np.prod(shape)) * itemsize].view(dtype).reshape(shape)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+STREAM_CASES = PLAN_CASES + [((2, 64, 64, 64), 32), ((1, 3, 127, 131), 1)]
+# (dtype, activation): float32 with each kind of apply (plain, the
+# intrinsics activations, ReLU's portable loop), float64 plain and fused.
+STREAM_APPLIES = [(np.float32, None), (np.float32, "silu"), (np.float32, "gelu"),
+                  (np.float32, "relu"), (np.float64, None), (np.float64, "silu")]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype, activation", STREAM_APPLIES,
+                         ids=[f"{np.dtype(d).name}-{a}" for d, a in STREAM_APPLIES])
 @pytest.mark.parametrize("variant", [name for name, _ in VARIANTS])
-@pytest.mark.parametrize("case", PLAN_CASES + [((2, 64, 64, 64), 32), ((1, 3, 127, 131), 1)],
-                         ids=case_id)
-def test_streamed_stores_give_the_same_bits(rng, case, variant, dtype):
+@pytest.mark.parametrize("case", STREAM_CASES, ids=case_id)
+def test_streamed_stores_give_the_same_bits(rng, case, variant, dtype, activation, channels_last):
     """Outputs stored past the cache (non-temporal stores, used for large
-    outputs) are bit-identical to ordinary stores, at 1 and 2 threads, into
-    aligned and misaligned outputs, and every element is written."""
+    outputs) are bit-identical to ordinary stores, in both layouts, with and
+    without activation, at 1 and 2 threads, into aligned and misaligned
+    outputs, and every element is written."""
     module = dict(VARIANTS)[variant]
     shape, groups = case
     x, eps = make_data(rng, shape, dtype, "offset_1e4")
+    if channels_last:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
     weight, bias = make_affine(rng, shape[1], dtype, "normal")
+    call = dict(activation=activation, channels_last=channels_last)
     with stream_threshold(module, -1):
-        expected = run_variant(module, x, groups, weight, bias, eps, threads=1)
+        expected = run_variant(module, x, groups, weight, bias, eps, threads=1, **call)
     with stream_threshold(module, 0):
         for threads in (1, 2):
-            for out in (np.empty_like(x), misaligned_empty(shape, dtype)):
+            for out in (np.empty_like(x), misaligned_empty(x.shape, dtype),
+                        misaligned_empty(x.shape, dtype, past=1)):
                 out.fill(np.nan)
-                run_variant(module, x, groups, weight, bias, eps, threads=threads, out=out)
+                run_variant(module, x, groups, weight, bias, eps, threads=threads, out=out, **call)
                 assert_bitwise_equal(out, expected, f"({variant}, streamed, {threads} threads)")
 
 

@@ -16,8 +16,8 @@ cdef extern from "_vecact.h":
     const bint GNCPU_HAVE_VECTOR_ACT
     enum: GN_VECTOR_SILU, GN_VECTOR_GELU_TANH, GN_VECTOR_GELU
     void gn_affine_act_f32(const float* x, float* y, Py_ssize_t n, const float* head,
-                           const float* a, const float* b, Py_ssize_t step,
-                           int kind) noexcept nogil
+                           const float* a, const float* b, Py_ssize_t step, int kind,
+                           int stream) noexcept nogil
 
 
 cdef extern from "_stream.h":
@@ -26,9 +26,11 @@ cdef extern from "_stream.h":
     # CPUs without them.
     const bint GNCPU_HAVE_STREAM
     void affine_stream_f32 "gn_affine_stream_f32"(const float* x, float* y, Py_ssize_t n,
-                                                   float head, float a, float b) noexcept nogil
+                                                   const float* head, const float* a,
+                                                   const float* b, Py_ssize_t step) noexcept nogil
     void affine_stream_f64 "gn_affine_stream_f64"(const double* x, double* y, Py_ssize_t n,
-                                                   double head, double a, double b) noexcept nogil
+                                                   const double* head, const double* a,
+                                                   const double* b, Py_ssize_t step) noexcept nogil
     void store_fence "gn_store_fence"() noexcept nogil
 
 
@@ -40,15 +42,15 @@ cdef inline bint vector_act(int activation) noexcept nogil:
 
 cdef inline void vector_act_run(const float* x, float* y, Py_ssize_t n, const float* head,
                                 const float* a, const float* b, Py_ssize_t step,
-                                int activation) noexcept nogil:
+                                int activation, bint stream) noexcept nogil:
     """gn_affine_act_f32 with the kind as a literal in each call: each
     compiles to its own loop, with no test of the kind per vector."""
     if activation == ACT_SILU:
-        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_SILU)
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_SILU, stream)
     elif activation == ACT_GELU_TANH:
-        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU_TANH)
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU_TANH, stream)
     else:
-        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU)
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU, stream)
 
 
 cdef inline real silu(real v) noexcept nogil:
@@ -94,30 +96,50 @@ cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size
 
 
 cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, real a, real b,
-                               int activation) noexcept nogil:
+                               int activation, bint stream) noexcept nogil:
     """y = act((x - head) * a + b) for one channel's run (NCHW), the stores
-    aligned to 64 bytes after a short head."""
-    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real), activation)
+    aligned to 64 bytes after a short head; stream: past the cache."""
+    cdef Py_ssize_t peel
+    if stream and streamed(x, y, n, &head, &a, &b, 0, activation):
+        return
+    peel = to_alignment(y, n, sizeof(real), activation)
     affine_scalar_run(x, y, peel, head, a, b, activation)
     affine_scalar_run(x + peel, y + peel, n - peel, head, a, b, activation)
 
 
-cdef inline void affine_streamed(const real* x, real* y, Py_ssize_t n, real head, real a,
-                                 real b) noexcept nogil:
-    """affine_scalar without activation, storing past the cache (see _stream.h)."""
-    if real is float:
-        affine_stream_f32(x, y, n, head, a, b)
-    else:
-        affine_stream_f64(x, y, n, head, a, b)
-
-
 cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* head,
-                              const real* a, const real* b, int activation) noexcept nogil:
+                              const real* a, const real* b, int activation,
+                              bint stream) noexcept nogil:
     """y = act((x - head) * a + b) along one row of channels (NHWC), with
-    per-channel coefficients, the stores aligned to 64 bytes after a short head."""
-    cdef Py_ssize_t peel = to_alignment(y, n, sizeof(real), activation)
+    per-channel coefficients, the stores aligned to 64 bytes after a short
+    head; stream: past the cache."""
+    cdef Py_ssize_t peel
+    if stream and streamed(x, y, n, head, a, b, 1, activation):
+        return
+    peel = to_alignment(y, n, sizeof(real), activation)
     affine_table_run(x, y, peel, head, a, b, activation)
     affine_table_run(x + peel, y + peel, n - peel, head + peel, a + peel, b + peel, activation)
+
+
+cdef inline bint streamed(const real* x, real* y, Py_ssize_t n, const real* head, const real* a,
+                          const real* b, Py_ssize_t step, int activation) noexcept nogil:
+    """The apply with non-temporal stores (see _stream.h), where this build
+    has them: no activation, or float32 with an intrinsics activation.
+    Returns False, having written nothing, otherwise (the caller then stores
+    the ordinary way: ReLU, float64 activations, the baseline build's)."""
+    if not GNCPU_HAVE_STREAM:
+        return False
+    if activation == ACT_NONE:
+        if real is float:
+            affine_stream_f32(x, y, n, head, a, b, step)
+        else:
+            affine_stream_f64(x, y, n, head, a, b, step)
+        return True
+    if real is float:
+        if vector_act(activation):
+            vector_act_run(x, y, n, head, a, b, step, activation, True)
+            return True
+    return False
 
 
 cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real head, real a,
@@ -125,7 +147,7 @@ cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real he
     cdef Py_ssize_t i
     if real is float:
         if vector_act(activation):
-            vector_act_run(x, y, n, &head, &a, &b, 0, activation)
+            vector_act_run(x, y, n, &head, &a, &b, 0, activation, False)
             return
     if activation == ACT_NONE:
         for i in range(n):
@@ -149,7 +171,7 @@ cdef inline void affine_table_run(const real* x, real* y, Py_ssize_t n, const re
     cdef Py_ssize_t i
     if real is float:
         if vector_act(activation):
-            vector_act_run(x, y, n, head, a, b, 1, activation)
+            vector_act_run(x, y, n, head, a, b, 1, activation, False)
             return
     if activation == ACT_NONE:
         for i in range(n):

@@ -41,7 +41,7 @@ def last_level_cache_bytes():
 
 
 # Outputs of at least this many bytes are stored past the cache (see
-# _stream.h); -1: never. Default: half the last-level cache, where the call's
+# _stream.h), in both layouts, with or without activation; -1: never. Default: half the last-level cache, where the call's
 # own traffic (x read, y written) no longer fits in it, so y would not be
 # there for the next operation anyway. On Zen 4 (32 MiB L3) streaming paid
 # from 16 MiB on 1 and 2 threads, counting a read of y after the call; at 5
@@ -50,8 +50,8 @@ cdef Py_ssize_t stream_from_bytes = last_level_cache_bytes() // 2
 
 
 def stream_threshold():
-    """Output size in bytes from which the NCHW apply stores past the cache
-    (-1: never; see set_stream_threshold)."""
+    """Output size in bytes from which the apply stores past the cache (-1:
+    never; see set_stream_threshold)."""
     return stream_from_bytes
 
 
@@ -106,6 +106,7 @@ def group_norm(cnp.ndarray x, cnp.ndarray out, object weight, object bias,
         nhwc_geometry(&nhwc, spatial, c, num_groups)
         nhwc.eps = eps
         nhwc.activation = activation
+        nhwc.stream = GNCPU_HAVE_STREAM and 0 <= stream_from_bytes <= out.nbytes
         with nogil:
             if single:
                 rc = run_nhwc(<const float*>xp, <float*>yp, <const float*>sp, <float*>bufp,

@@ -64,7 +64,7 @@ cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssiz
                              Moments m, double eps, int activation, bint stream) noexcept nogil:
     """Normalize src[start:stop] of one group into y (pointers at the group's
     first element; weight and bias at its first channel, or NULL). stream:
-    non-temporal stores where there is no activation (the caller fences)."""
+    non-temporal stores (see affine_scalar; the caller fences)."""
     cdef double rstd = inv_std(m, eps)
     cdef real head, a, b
     cdef Py_ssize_t c, lo, hi
@@ -76,10 +76,8 @@ cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssiz
         hi = min(stop, (c + 1) * hw)
         if affine_coefficients(m.mean, rstd, weight, bias, c, &head, &a, &b):
             apply_exact(src + lo, y + lo, hi - lo, m.mean, rstd, weight, bias, c, activation)
-        elif stream and activation == ACT_NONE:
-            affine_streamed(src + lo, y + lo, hi - lo, head, a, b)
         else:
-            affine_scalar(src + lo, y + lo, hi - lo, head, a, b, activation)
+            affine_scalar(src + lo, y + lo, hi - lo, head, a, b, activation, stream)
 
 
 cdef inline bint apply_short_runs(const real* src, real* y, Py_ssize_t start, Py_ssize_t stop,

@@ -14,6 +14,8 @@ cdef struct GroupsNHWC:
     Py_ssize_t block_rows, blocks_per_sample
     double eps
     int activation
+    # Store y past the cache (see GroupsNCHW.stream)
+    bint stream
     # Per (sample, group): 1 if a channel's scale overflows the working
     # precision (see affine_coefficients), and the group's mean and rstd.
     unsigned char* exact
@@ -205,7 +207,7 @@ cdef inline void apply_block(const real* src, real* y, const real* weight, const
         r = first + k * g.line_rows
         offset = (n * g.rows + r) * g.channels
         affine_table(src + offset, y + offset, min(g.line_rows, stop - r) * g.channels, head,
-                     head + g.line, head + 2 * g.line, g.activation)
+                     head + g.line, head + 2 * g.line, g.activation, g.stream)
 
 
 cdef inline void apply_block_by_group(const real* src, real* y, const real* weight,
@@ -228,7 +230,7 @@ cdef inline void apply_block_by_group(const real* src, real* y, const real* weig
                                 g.activation)
             else:
                 affine_table(src + offset, y + offset, cpg, head + ch, head + g.line + ch,
-                             head + 2 * g.line + ch, g.activation)
+                             head + 2 * g.line + ch, g.activation, g.stream)
 
 
 cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf,
@@ -258,6 +260,8 @@ cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf
     gncpu_barrier()
     for b in range(share_start(blocks, t + 1, threads) - 1, share_start(blocks, t, threads) - 1, -1):
         apply_block(src, y, weight, bias, b, g, table)
+    if g.stream:
+        store_fence()
 
 
 cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const real* weight,

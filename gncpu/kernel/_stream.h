@@ -26,59 +26,82 @@
 #define GNCPU_HAVE_STREAM 1
 #include <immintrin.h>
 
+/* STREAM(y, x, h, a, b): y[0:W] = (x[0:W] - h[0:W]) * a[0:W] + b[0:W] with a
+ * streaming store, for coefficient vectors loaded or broadcast by LOAD/SET. */
 #if defined(__AVX512F__)
 enum { GN_STREAM_BYTES = 64 };
-#define GN_STREAM_F32(y, x, h, a, b)                                                       \
-    _mm512_stream_ps((y), _mm512_fmadd_ps(_mm512_sub_ps(_mm512_loadu_ps(x), _mm512_set1_ps(h)), \
-                                          _mm512_set1_ps(a), _mm512_set1_ps(b)))
-#define GN_STREAM_F64(y, x, h, a, b)                                                       \
-    _mm512_stream_pd((y), _mm512_fmadd_pd(_mm512_sub_pd(_mm512_loadu_pd(x), _mm512_set1_pd(h)), \
-                                          _mm512_set1_pd(a), _mm512_set1_pd(b)))
+#define GN_STREAM_F32(y, x, h, a, b) \
+    _mm512_stream_ps((y), _mm512_fmadd_ps(_mm512_sub_ps(_mm512_loadu_ps(x), (h)), (a), (b)))
+#define GN_STREAM_F64(y, x, h, a, b) \
+    _mm512_stream_pd((y), _mm512_fmadd_pd(_mm512_sub_pd(_mm512_loadu_pd(x), (h)), (a), (b)))
+#define GN_SET_F32 _mm512_set1_ps
+#define GN_SET_F64 _mm512_set1_pd
+#define GN_LOAD_F32 _mm512_loadu_ps
+#define GN_LOAD_F64 _mm512_loadu_pd
 #elif defined(__AVX2__) && defined(__FMA__)
 enum { GN_STREAM_BYTES = 32 };
-#define GN_STREAM_F32(y, x, h, a, b)                                                       \
-    _mm256_stream_ps((y), _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x), _mm256_set1_ps(h)), \
-                                          _mm256_set1_ps(a), _mm256_set1_ps(b)))
-#define GN_STREAM_F64(y, x, h, a, b)                                                       \
-    _mm256_stream_pd((y), _mm256_fmadd_pd(_mm256_sub_pd(_mm256_loadu_pd(x), _mm256_set1_pd(h)), \
-                                          _mm256_set1_pd(a), _mm256_set1_pd(b)))
+#define GN_STREAM_F32(y, x, h, a, b) \
+    _mm256_stream_ps((y), _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x), (h)), (a), (b)))
+#define GN_STREAM_F64(y, x, h, a, b) \
+    _mm256_stream_pd((y), _mm256_fmadd_pd(_mm256_sub_pd(_mm256_loadu_pd(x), (h)), (a), (b)))
+#define GN_SET_F32 _mm256_set1_ps
+#define GN_SET_F64 _mm256_set1_pd
+#define GN_LOAD_F32 _mm256_loadu_ps
+#define GN_LOAD_F64 _mm256_loadu_pd
 #else /* SSE2: no FMA, so the ordinary loop is a multiply then an add too */
 enum { GN_STREAM_BYTES = 16 };
-#define GN_STREAM_F32(y, x, h, a, b)                                                       \
-    _mm_stream_ps((y), _mm_add_ps(_mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(x), _mm_set1_ps(h)),   \
-                                             _mm_set1_ps(a)), _mm_set1_ps(b)))
-#define GN_STREAM_F64(y, x, h, a, b)                                                       \
-    _mm_stream_pd((y), _mm_add_pd(_mm_mul_pd(_mm_sub_pd(_mm_loadu_pd(x), _mm_set1_pd(h)),   \
-                                             _mm_set1_pd(a)), _mm_set1_pd(b)))
+#define GN_STREAM_F32(y, x, h, a, b) \
+    _mm_stream_ps((y), _mm_add_ps(_mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(x), (h)), (a)), (b)))
+#define GN_STREAM_F64(y, x, h, a, b) \
+    _mm_stream_pd((y), _mm_add_pd(_mm_mul_pd(_mm_sub_pd(_mm_loadu_pd(x), (h)), (a)), (b)))
+#define GN_SET_F32 _mm_set1_ps
+#define GN_SET_F64 _mm_set1_pd
+#define GN_LOAD_F32 _mm_loadu_ps
+#define GN_LOAD_F64 _mm_loadu_pd
 #endif
 
 /* The stores need aligned addresses: elements before the first aligned one
- * and after the last whole vector are stored the ordinary way. */
-#define GN_DEFINE_AFFINE_STREAM(NAME, T, STREAM)                                            \
-    static inline void NAME(const T* x, T* y, ptrdiff_t n, T head, T a, T b) {              \
+ * and after the last whole vector are stored the ordinary way. `step` 0: one
+ * (head, a, b) for the run (NCHW); 1: one per element (NHWC's tables). A y
+ * that is not even element-aligned (a view of a byte buffer) is stored the
+ * ordinary way throughout. */
+#define GN_DEFINE_AFFINE_STREAM(NAME, T, SUFFIX)                                            \
+    static inline void NAME(const T* x, T* y, ptrdiff_t n, const T* head, const T* a,      \
+                            const T* b, ptrdiff_t step) {                                   \
         enum { W = GN_STREAM_BYTES / sizeof(T) };                                            \
-        ptrdiff_t i = 0, vectors;                                                            \
-        while (i < n && ((uintptr_t)(y + i) % GN_STREAM_BYTES) != 0) {                       \
-            y[i] = (x[i] - head) * a + b;                                                    \
-            i++;                                                                             \
+        ptrdiff_t i = 0, vectors = 0;                                                        \
+        if ((uintptr_t)y % sizeof(T) == 0) {                                                 \
+            while (i < n && (uintptr_t)(y + i) % GN_STREAM_BYTES != 0) {                     \
+                y[i] = (x[i] - head[i * step]) * a[i * step] + b[i * step];                  \
+                i++;                                                                         \
+            }                                                                                \
+            vectors = (n - i) / W;                                                           \
         }                                                                                    \
-        for (vectors = (n - i) / W; vectors > 0; vectors--, i += W)                          \
-            STREAM(y + i, x + i, head, a, b);                                                \
+        if (step) {                                                                          \
+            for (; vectors > 0; vectors--, i += W)                                           \
+                GN_STREAM_##SUFFIX(y + i, x + i, GN_LOAD_##SUFFIX(head + i),                 \
+                                   GN_LOAD_##SUFFIX(a + i), GN_LOAD_##SUFFIX(b + i));        \
+        } else {                                                                             \
+            for (; vectors > 0; vectors--, i += W)                                           \
+                GN_STREAM_##SUFFIX(y + i, x + i, GN_SET_##SUFFIX(*head), GN_SET_##SUFFIX(*a), \
+                                   GN_SET_##SUFFIX(*b));                                     \
+        }                                                                                    \
         for (; i < n; i++)                                                                   \
-            y[i] = (x[i] - head) * a + b;                                                    \
+            y[i] = (x[i] - head[i * step]) * a[i * step] + b[i * step];                      \
     }
 
-GN_DEFINE_AFFINE_STREAM(gn_affine_stream_f32, float, GN_STREAM_F32)
-GN_DEFINE_AFFINE_STREAM(gn_affine_stream_f64, double, GN_STREAM_F64)
+GN_DEFINE_AFFINE_STREAM(gn_affine_stream_f32, float, F32)
+GN_DEFINE_AFFINE_STREAM(gn_affine_stream_f64, double, F64)
 
 static inline void gn_store_fence(void) { _mm_sfence(); }
 
 #else /* no streaming stores: never called (GNCPU_HAVE_STREAM is 0) */
 #define GNCPU_HAVE_STREAM 0
-static inline void gn_affine_stream_f32(const float* x, float* y, ptrdiff_t n, float head,
-                                        float a, float b) {}
-static inline void gn_affine_stream_f64(const double* x, double* y, ptrdiff_t n, double head,
-                                        double a, double b) {}
+static inline void gn_affine_stream_f32(const float* x, float* y, ptrdiff_t n, const float* head,
+                                        const float* a, const float* b, ptrdiff_t step) {}
+static inline void gn_affine_stream_f64(const double* x, double* y, ptrdiff_t n,
+                                        const double* head, const double* a, const double* b,
+                                        ptrdiff_t step) {}
 static inline void gn_store_fence(void) {}
 #endif
 

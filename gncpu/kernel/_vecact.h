@@ -28,6 +28,7 @@
 #define GNCPU_VECACT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* gn_affine_act_f32's `kind` */
 enum { GN_VECTOR_SILU, GN_VECTOR_GELU_TANH, GN_VECTOR_GELU };
@@ -42,6 +43,7 @@ enum { GN_VW = 16 };
 static inline gn_vf gn_v_set(float v) { return _mm512_set1_ps(v); }
 static inline gn_vf gn_v_load(const float* p) { return _mm512_loadu_ps(p); }
 static inline void gn_v_store(float* p, gn_vf v) { _mm512_storeu_ps(p, v); }
+static inline void gn_v_stream(float* p, gn_vf v) { _mm512_stream_ps(p, v); }  /* p 64-byte aligned */
 /* the first `count` (< 16) lanes; the others load as 0 and are not stored */
 static inline gn_vf gn_v_load_first(const float* p, ptrdiff_t count) {
     return _mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1), p);
@@ -82,6 +84,7 @@ enum { GN_VW = 8 };
 static inline gn_vf gn_v_set(float v) { return _mm256_set1_ps(v); }
 static inline gn_vf gn_v_load(const float* p) { return _mm256_loadu_ps(p); }
 static inline void gn_v_store(float* p, gn_vf v) { _mm256_storeu_ps(p, v); }
+static inline void gn_v_stream(float* p, gn_vf v) { _mm256_stream_ps(p, v); }  /* p 32-byte aligned */
 static inline __m256i gn_v_first_lanes(ptrdiff_t count) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -183,36 +186,56 @@ static inline gn_vf gn_v_activate(gn_vf v, int kind) {
     return kind == GN_VECTOR_GELU_TANH ? gn_v_gelu_tanh(v) : gn_v_silu(v);
 }
 
+/* y[i:i+count] for count < GN_VW, through masked loads and stores (the
+ * masked-off lanes compute on zeros and are dropped). */
+static inline void gn_act_part(const float* x, float* y, ptrdiff_t i, ptrdiff_t count,
+                               const float* head, const float* a, const float* b,
+                               ptrdiff_t step, int kind) {
+    gn_vf hv = gn_v_set(*head), av = gn_v_set(*a), bv = gn_v_set(*b);
+    if (step) {
+        hv = gn_v_load_first(head + i, count);
+        av = gn_v_load_first(a + i, count);
+        bv = gn_v_load_first(b + i, count);
+    }
+    gn_v_store_first(y + i, gn_v_activate(gn_v_fma(gn_v_sub(gn_v_load_first(x + i, count), hv),
+                                                   av, bv), kind), count);
+}
+
+/* The whole vectors from i on, stored by STORE(address, vector). */
+#define GN_ACT_VECTORS(STORE)                                                                 \
+    for (; i + GN_VW <= n; i += GN_VW) {                                                      \
+        if (step) {                                                                           \
+            hv = gn_v_load(head + i);                                                         \
+            av = gn_v_load(a + i);                                                            \
+            bv = gn_v_load(b + i);                                                            \
+        }                                                                                     \
+        STORE(y + i, gn_v_activate(gn_v_fma(gn_v_sub(gn_v_load(x + i), hv), av, bv), kind)); \
+    }
+
+/* stream: non-temporal stores (see _stream.h), after a masked head up to
+ * the vectors' alignment; the caller fences. Same bits either way. */
 static inline void gn_affine_act_f32(const float* x, float* y, ptrdiff_t n,
                                      const float* head, const float* a, const float* b,
-                                     ptrdiff_t step, int kind) {
-    ptrdiff_t i = 0, rest = n % GN_VW;
-    if (n <= 0) return;
+                                     ptrdiff_t step, int kind, int stream) {
+    ptrdiff_t i = 0;
     gn_vf hv = gn_v_set(*head), av = gn_v_set(*a), bv = gn_v_set(*b);
-    for (; i + GN_VW <= n; i += GN_VW) {
-        if (step) {
-            hv = gn_v_load(head + i);
-            av = gn_v_load(a + i);
-            bv = gn_v_load(b + i);
-        }
-        gn_v_store(y + i, gn_v_activate(gn_v_fma(gn_v_sub(gn_v_load(x + i), hv), av, bv), kind));
+    if (n <= 0) return;
+    if (stream && (uintptr_t)y % sizeof(float) == 0) {
+        i = (ptrdiff_t)(((uintptr_t)0 - (uintptr_t)y) % sizeof(gn_vf) / sizeof(float));
+        if (i > n) i = n;
+        if (i) gn_act_part(x, y, 0, i, head, a, b, step, kind);
+        GN_ACT_VECTORS(gn_v_stream)
+    } else {
+        GN_ACT_VECTORS(gn_v_store)
     }
-    if (rest) {
-        if (step) {
-            hv = gn_v_load_first(head + i, rest);
-            av = gn_v_load_first(a + i, rest);
-            bv = gn_v_load_first(b + i, rest);
-        }
-        gn_v_store_first(y + i, gn_v_activate(gn_v_fma(gn_v_sub(gn_v_load_first(x + i, rest), hv),
-                                                       av, bv), kind), rest);
-    }
+    if (i < n) gn_act_part(x, y, i, n - i, head, a, b, step, kind);
 }
 
 #else /* baseline: the caller keeps its portable loops */
 #define GNCPU_HAVE_VECTOR_ACT 0
 static inline void gn_affine_act_f32(const float* x, float* y, ptrdiff_t n,
-                                             const float* head, const float* a, const float* b,
-                                             ptrdiff_t step, int kind) {}
+                                     const float* head, const float* a, const float* b,
+                                     ptrdiff_t step, int kind, int stream) {}
 #endif
 
 #endif
