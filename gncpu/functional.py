@@ -158,50 +158,6 @@ def _check_skip(skip, x, dtype, moved):
     return _to_compute(_to_nhwc(arr) if moved else arr, dtype)
 
 
-_NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _common_call(x, num_groups, weight, bias, eps, activation, channels_last, num_threads, out):
-    """The usual call in a few checks: y for a C-contiguous float32/float64
-    ndarray `x` (NCHW, or NHWC with channels_last), an int num_groups that
-    divides C, weight and bias None or C-contiguous (C,) arrays of x's dtype,
-    a float eps in [0, inf), a known activation, no skip, and out None or an
-    ndarray like x that is x itself or does not overlap it.
-
-    Returns None when anything differs: the caller then runs the full checks,
-    which accept everything accepted here and name what is wrong otherwise.
-    On small inputs (the ONNX engines call this per GroupNorm node) these
-    checks cost a few times the kernel itself."""
-    dtype = x.dtype
-    shape = x.shape
-    rank = len(shape)
-    if dtype not in _NATIVE_DTYPES or rank < (3 if channels_last else 2) \
-            or not x.flags.c_contiguous:
-        return None
-    channels = shape[-1] if channels_last else shape[1]
-    if type(num_groups) is not int or num_groups <= 0 or channels % num_groups \
-            or type(eps) is not float or not 0.0 <= eps < math.inf \
-            or not (activation is None or type(activation) is str):
-        return None
-    act = kernels.ACTIVATION_CODES.get(activation)
-    if act is None:
-        return None
-    for param in (weight, bias):
-        if param is not None and not (type(param) is np.ndarray and param.dtype == dtype
-                                      and param.shape == (channels,)
-                                      and param.flags.c_contiguous):
-            return None
-    if out is None:
-        out = np.empty(shape, dtype)
-    elif not (type(out) is np.ndarray and out.dtype == dtype and out.shape == shape
-              and out.flags.writeable and out.flags.c_contiguous
-              and (out is x or not np.may_share_memory(out, x))):
-        return None
-    threads = _config.resolve_threads(num_threads, x.size)
-    kernels.group_norm(x, out, weight, bias, num_groups, eps, act, threads, channels_last, None,
-                       None, None)
-    return out
-
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None,
                skip=None, skip_bias=None, return_sum=False, channels_last=False, out=None,
@@ -250,8 +206,9 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activatio
                                 channels_last=channels_last, out=out)
     if type(input) is np.ndarray and skip is None and skip_bias is None \
             and return_sum is False and type(channels_last) is bool:
-        y = _common_call(input, num_groups, weight, bias, eps, activation, channels_last,
-                         num_threads, out)
+        # the usual call, checked in C (see kernels.common_call)
+        y = kernels.common_call(input, num_groups, weight, bias, eps, activation, channels_last,
+                                out, num_threads, _config.resolve_threads)
         if y is not None:
             return y
     x = _as_array(input)

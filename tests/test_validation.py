@@ -241,8 +241,8 @@ class _Subclass(np.ndarray):
 @pytest.mark.parametrize("activation", [None, "silu"])
 def test_the_common_call_fast_path_matches_the_general_path(rng, channels_last, dtype, out,
                                                              activation):
-    """functional._common_call (plain ndarrays, the usual arguments) returns
-    the same bits as the fully checked general path."""
+    """kernels.common_call (plain ndarrays, the usual arguments, checked in C)
+    returns the same bits as the fully checked general path."""
     x = rng.standard_normal((2, 5, 6, 12)).astype(dtype)
     weight, bias = (rng.standard_normal(12 if channels_last else 5).astype(dtype) for _ in "wb")
     groups = 4 if channels_last else 5
@@ -254,6 +254,58 @@ def test_the_common_call_fast_path_matches_the_general_path(rng, channels_last, 
         assert target is None or y is target
         results.append(np.asarray(y))
     assert_bitwise_equal(results[0], results[1])
+
+
+def _fast_call(x, groups=2, weight=None, bias=None, eps=1e-5, activation=None,
+               channels_last=False, out=None, num_threads=None):
+    from gncpu import _config
+    from gncpu.kernel import kernels
+    return kernels.common_call(x, groups, weight, bias, eps, activation, channels_last, out,
+                               num_threads, _config.resolve_threads)
+
+
+def test_the_fast_path_declines_everything_it_does_not_check(rng):
+    """kernels.common_call returns None (the general path then decides) for
+    every argument outside the usual call, and computes the usual call."""
+    x = rng.standard_normal((2, 4, 3, 5)).astype(np.float32)
+    w = np.ones(4, np.float32)
+    y = _fast_call(x, weight=w, bias=w)
+    assert_bitwise_equal(y, np.asarray(gncpu.group_norm(x.view(_Subclass), 2, w, w)))
+    declined = {
+        "float16": dict(x=x.astype(np.float16)),
+        "int": dict(x=x.astype(np.int32)),
+        "big-endian": dict(x=x.astype(">f4")),
+        "subclass": dict(x=x.view(_Subclass)),
+        "strided": dict(x=x[:, :, :, ::2]),
+        "rank 1": dict(x=x.reshape(-1)),
+        "rank 2 channels_last": dict(x=x.reshape(2, -1), channels_last=True, groups=1),
+        "numpy int groups": dict(x=x, groups=np.int64(2)),
+        "bool groups": dict(x=x, groups=True),
+        "groups not dividing": dict(x=x, groups=3),
+        "zero groups": dict(x=x, groups=0),
+        "huge groups": dict(x=x, groups=2**70),
+        "int eps": dict(x=x, eps=0),
+        "negative eps": dict(x=x, eps=-1.0),
+        "inf eps": dict(x=x, eps=float("inf")),
+        "nan eps": dict(x=x, eps=float("nan")),
+        "unknown activation": dict(x=x, activation="tanh"),
+        "activation not a str": dict(x=x, activation=1),
+        "float64 weight": dict(x=x, weight=w.astype(np.float64)),
+        "short weight": dict(x=x, weight=w[:3]),
+        "list bias": dict(x=x, bias=[0.0] * 4),
+        "2-d weight": dict(x=x, weight=w.reshape(2, 2)),
+        "out of another dtype": dict(x=x, out=np.empty(x.shape, np.float64)),
+        "out of another shape": dict(x=x, out=np.empty((2, 4, 15), np.float32)),
+        "strided out": dict(x=x, out=np.empty((2, 4, 3, 10), np.float32)[..., ::2]),
+    }
+    base = np.zeros(x.size + 8, np.float32)
+    declined["out overlapping"] = dict(x=base[:x.size].reshape(x.shape),
+                                       out=base[8:].reshape(x.shape))
+    read_only = np.empty_like(x)
+    read_only.flags.writeable = False
+    declined["read-only out"] = dict(x=x, out=read_only)
+    for name, kwargs in declined.items():
+        assert _fast_call(**kwargs) is None, name
 
 
 def test_the_fast_path_still_rejects_partial_overlap_and_read_only_out(rng):

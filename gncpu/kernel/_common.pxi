@@ -5,7 +5,7 @@
 # thread's contiguous share of work). Included first by _group_norm.pxi.
 
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport sqrt, isfinite, exp, erfc, tanh, fabs, ldexp, ilogb
+from libc.math cimport sqrt, isfinite, exp, erfc, tanh, fabs, ldexp, ilogb, INFINITY
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 cimport numpy as cnp

@@ -139,6 +139,85 @@ def group_norm(cnp.ndarray x, cnp.ndarray out, object weight, object bias,
     return out
 
 
+cdef inline bint native_float(cnp.ndarray a, int typenum):
+    return cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_ISNOTSWAPPED(a)
+
+
+cdef inline bint channel_param_ok(object p, int typenum, Py_ssize_t channels):
+    """p is None or a C-contiguous (channels,) array of the input's dtype."""
+    cdef cnp.ndarray a
+    if p is None:
+        return True
+    if type(p) is not cnp.ndarray:
+        return False
+    a = <cnp.ndarray>p
+    return (native_float(a, typenum) and cnp.PyArray_NDIM(a) == 1 and a.shape[0] == channels
+            and cnp.PyArray_IS_C_CONTIGUOUS(a))
+
+
+cdef inline bint disjoint(cnp.ndarray a, cnp.ndarray b):
+    """C-contiguous a and b share no byte (np.may_share_memory's bounds test)."""
+    cdef char* a0 = <char*>cnp.PyArray_DATA(a)
+    cdef char* b0 = <char*>cnp.PyArray_DATA(b)
+    return a0 + cnp.PyArray_NBYTES(a) <= b0 or b0 + cnp.PyArray_NBYTES(b) <= a0
+
+
+def common_call(object input, object num_groups, object weight, object bias, object eps,
+                object activation, bint channels_last, object out, object num_threads,
+                object resolve_threads):
+    """gncpu.functional's fast path, its checks in C (in Python they cost a
+    few times the kernel on small inputs): y for a C-contiguous native
+    float32/float64 ndarray (NCHW, or NHWC with channels_last), an int
+    num_groups that divides C, weight and bias None or C-contiguous (C,)
+    arrays of its dtype, a float eps in [0, inf), a known activation, and out
+    None or an ndarray like the input that is the input itself or does not
+    overlap it; threads from resolve_threads(num_threads, size).
+
+    Returns None when anything differs: the caller then runs the full checks,
+    which accept everything accepted here and name what is wrong otherwise."""
+    cdef cnp.ndarray x, y
+    cdef int typenum, ndim, d
+    cdef Py_ssize_t channels
+    cdef object act
+    if type(input) is not cnp.ndarray:
+        return None
+    x = <cnp.ndarray>input
+    typenum = cnp.PyArray_TYPE(x)
+    ndim = cnp.PyArray_NDIM(x)
+    if not ((typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64)
+            and cnp.PyArray_ISNOTSWAPPED(x) and ndim >= (3 if channels_last else 2)
+            and cnp.PyArray_IS_C_CONTIGUOUS(x)):
+        return None
+    channels = x.shape[ndim - 1] if channels_last else x.shape[1]
+    if type(num_groups) is not int or not 0 < num_groups <= channels \
+            or channels % <Py_ssize_t>num_groups != 0:
+        return None
+    if type(eps) is not float or not 0.0 <= <double>eps < INFINITY:
+        return None
+    if not (activation is None or type(activation) is str):
+        return None
+    act = ACTIVATION_CODES.get(activation)
+    if act is None or not (channel_param_ok(weight, typenum, channels)
+                           and channel_param_ok(bias, typenum, channels)):
+        return None
+    if out is None:
+        y = cnp.PyArray_EMPTY(ndim, x.shape, typenum, 0)
+    else:
+        if type(out) is not cnp.ndarray:
+            return None
+        y = <cnp.ndarray>out
+        if not (native_float(y, typenum) and cnp.PyArray_NDIM(y) == ndim
+                and cnp.PyArray_IS_C_CONTIGUOUS(y) and cnp.PyArray_ISWRITEABLE(y)):
+            return None
+        for d in range(ndim):
+            if y.shape[d] != x.shape[d]:
+                return None
+        if y is not x and not disjoint(x, y):
+            return None
+    return group_norm(x, y, weight, bias, num_groups, eps, act,
+                      resolve_threads(num_threads, cnp.PyArray_SIZE(x)), channels_last)
+
+
 cdef inline void copy_block(const char* src, char* dst, Py_ssize_t k, Py_ssize_t nbytes) noexcept nogil:
     cdef Py_ssize_t start = k * COPY_BLOCK
     memcpy(dst + start, src + start, min(<Py_ssize_t>COPY_BLOCK, nbytes - start))
