@@ -16,42 +16,40 @@ cdef extern from "_sums.h":
                                                  double* s1, double* s2) noexcept nogil
     void shifted_sums_f64 "gn_shifted_sums_f64"(const double* x, Py_ssize_t n, double centre,
                                                  double* s1, double* s2) noexcept nogil
-
-
-cdef inline double mean_of_8(double a, double b, double c, double d, double e, double f,
-                            double g, double h) noexcept nogil:
-    """A pairwise sum: exact when the 8 values are equal, so a constant group
-    gets its value back as the centre, zero deviations, and exactly bias."""
-    return (((a + b) + (c + d)) + ((e + f) + (g + h))) * 0.125
+    # the mean of x's first 64 elements (fewer in a shorter chunk), pairwise
+    double leading_mean_f32 "gn_leading_mean_f32"(const float* x, Py_ssize_t n) noexcept nogil
+    double leading_mean_f64 "gn_leading_mean_f64"(const double* x, Py_ssize_t n) noexcept nogil
 
 
 cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     """Moments of x[0:n] (n <= CHUNK) in one pass of shifted sums.
 
-    The centre is the mean of the chunk's first 8 elements (of x[0:n] spread
-    over them when n < 8): x - centre is exact for data with a large common
-    offset (both operands within a factor of two: Sterbenz), so no digits go
-    to the offset, and a constant chunk gets its value back exactly. Samples
-    spread over the chunk would be a closer centre, but each is a cache miss
-    ahead of the stream that the sums then wait for: 15-30% of the whole
-    call on cold inputs (measured on Zen 4).
+    The centre is the mean of the chunk's first 64 elements (a pairwise sum:
+    a constant chunk gets its value back exactly, so zero deviations and
+    exactly bias): x - centre is exact near a large common offset (both
+    operands within a factor of two: Sterbenz), so no digits go to the
+    offset. The stream reads those elements first anyway. Samples spread
+    over the chunk were cache misses ahead of the stream that the sums
+    waited for: 12-15% of the whole call on cold inputs (Zen 4).
 
-    If that centre lies more than one standard deviation from the chunk's
-    mean, s2 - s1**2/n would lose more than a bit to cancellation: the sums
-    are taken again about the mean just found, from L1 (rare on real data,
-    and cheap: the chunk is 16 KiB).
+    The centre's distance D from the chunk's mean costs accuracy twice: the
+    cancellation in s2 - s1**2/n, and the lanes' partial sums drifting by D
+    per element, whose rounding then adds up (a centre 0.63 std off gave
+    4x the float32 error of one 0.07 off). When D is over a quarter of the
+    standard deviation (a chunk starting with outliers, channels of
+    different means) the sums are taken again about the mean just found,
+    from L1 (16 KiB).
     """
     cdef real centre
     cdef double s1, s2, inv_n = 1.0 / n, m2
     cdef Moments m
-    cdef Py_ssize_t spread = min(n, 8)
-    centre = <real>(mean_of_8(x[0], x[spread // 8], x[(2 * spread) // 8],
-                              x[(3 * spread) // 8], x[(4 * spread) // 8],
-                              x[(5 * spread) // 8], x[(6 * spread) // 8],
-                              x[(7 * spread) // 8]))
+    if real is float:
+        centre = <real>leading_mean_f32(x, n)
+    else:
+        centre = <real>leading_mean_f64(x, n)
     shifted_sums(x, n, centre, &s1, &s2)
     m2 = s2 - s1 * (s1 * inv_n)
-    if s1 * (s1 * inv_n) > m2:  # centre further than one std from the mean (False for NaN)
+    if 16 * (s1 * (s1 * inv_n)) > m2:  # n D**2 > M2 / 16: D > std / 4 (False for NaN)
         centre = <real>(centre + s1 * inv_n)
         shifted_sums(x, n, centre, &s1, &s2)
         m2 = s2 - s1 * (s1 * inv_n)

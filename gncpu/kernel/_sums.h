@@ -34,6 +34,29 @@
         *(out) = part_[0];                                  \
     } while (0)
 
+/* Statistics chunks are centred on the mean of their first GN_CENTRE_SAMPLES
+ * elements (see chunk_moments in _statistics.pxi). */
+#define GN_CENTRE_SAMPLES 64
+
+/* The mean of x[0:k], k the largest power of two <= min(n, GN_CENTRE_SAMPLES),
+ * pairwise in float64 (exact for a constant run). */
+#define GN_DEFINE_LEADING_MEAN_SCALAR(NAME, T)                          \
+    static inline double NAME(const T* x, ptrdiff_t n) {                \
+        double part[GN_CENTRE_SAMPLES];                                 \
+        ptrdiff_t j, k = 1, count;                                      \
+        while (2 * k <= n && 2 * k <= GN_CENTRE_SAMPLES) k *= 2;        \
+        count = k;                                                      \
+        for (j = 0; j < k; j++) part[j] = x[j];                         \
+        while (k > 1) {                                                 \
+            k /= 2;                                                     \
+            for (j = 0; j < k; j++) part[j] = part[j] + part[j + k];    \
+        }                                                               \
+        return part[0] / count;                                         \
+    }
+
+GN_DEFINE_LEADING_MEAN_SCALAR(gn_leading_mean_scalar_f32, float)
+GN_DEFINE_LEADING_MEAN_SCALAR(gn_leading_mean_scalar_f64, double)
+
 #if defined(__GNUC__) || defined(__clang__)
 
 /* One vector: GNCPU_LANES bytes (16 float32 lanes of AVX-512, 8 of AVX2, 4 of
@@ -90,6 +113,30 @@ typedef double gn_vec_f64 __attribute__((vector_size(GNCPU_LANES)));
 GN_DEFINE_SHIFTED_SUMS(gn_shifted_sums_f32, float, gn_vec_f32, gn_vec_f32_wide)
 GN_DEFINE_SHIFTED_SUMS(gn_shifted_sums_f64, double, gn_vec_f64, gn_vec_f64)
 
+/* The mean of x[0:GN_CENTRE_SAMPLES], as a pairwise tree in float64: the
+ * vectors added pairwise, then their lanes (equal halves at every level, so
+ * a constant run gives its value back exactly). */
+#define GN_DEFINE_LEADING_MEAN(NAME, T, VT, WIDE)                                  \
+    static inline double NAME##_vectors(const T* x) {                               \
+        enum { W = sizeof(VT) / sizeof(T), K = GN_CENTRE_SAMPLES / W };              \
+        WIDE part[K];                                                                \
+        VT v;                                                                        \
+        double lanes[W], sum;                                                        \
+        int j, width;                                                                \
+        for (j = 0; j < K; j++) {                                                    \
+            memcpy(&v, x + j * W, sizeof v);                                         \
+            part[j] = __builtin_convertvector(v, WIDE);                              \
+        }                                                                            \
+        for (width = K; width > 1; width /= 2)                                       \
+            for (j = 0; j < width / 2; j++) part[j] = part[j] + part[j + width / 2]; \
+        memcpy(lanes, &part[0], sizeof lanes);                                       \
+        GN_FOLD_LANES(double, lanes, W, &sum);                                       \
+        return sum / GN_CENTRE_SAMPLES;                                              \
+    }
+
+GN_DEFINE_LEADING_MEAN(gn_leading_mean_f32, float, gn_vec_f32, gn_vec_f32_wide)
+GN_DEFINE_LEADING_MEAN(gn_leading_mean_f64, double, gn_vec_f64, gn_vec_f64)
+
 #else /* no vector extensions (MSVC): the same lanes as plain arrays */
 
 #define GN_DEFINE_SHIFTED_SUMS(NAME, T, L)                                        \
@@ -108,6 +155,22 @@ GN_DEFINE_SHIFTED_SUMS(gn_shifted_sums_f64, double, gn_vec_f64, gn_vec_f64)
 GN_DEFINE_SHIFTED_SUMS(gn_shifted_sums_f32, float, GNCPU_LANES)
 GN_DEFINE_SHIFTED_SUMS(gn_shifted_sums_f64, double, GNCPU_LANES / 2)
 
+static inline double gn_leading_mean_f32_vectors(const float* x) {
+    return gn_leading_mean_scalar_f32(x, GN_CENTRE_SAMPLES);
+}
+static inline double gn_leading_mean_f64_vectors(const double* x) {
+    return gn_leading_mean_scalar_f64(x, GN_CENTRE_SAMPLES);
+}
+
 #endif
+
+/* The centre of a chunk of n elements: the mean of its first 64 (of the
+ * largest power of two of them below that, for a shorter chunk). */
+static inline double gn_leading_mean_f32(const float* x, ptrdiff_t n) {
+    return n >= GN_CENTRE_SAMPLES ? gn_leading_mean_f32_vectors(x) : gn_leading_mean_scalar_f32(x, n);
+}
+static inline double gn_leading_mean_f64(const double* x, ptrdiff_t n) {
+    return n >= GN_CENTRE_SAMPLES ? gn_leading_mean_f64_vectors(x) : gn_leading_mean_scalar_f64(x, n);
+}
 
 #endif
