@@ -17,7 +17,7 @@ cdef extern from "_vecact.h":
     enum: GN_VECTOR_SILU, GN_VECTOR_GELU_TANH, GN_VECTOR_GELU
     void gn_affine_act_f32(const float* x, float* y, Py_ssize_t n, const float* head,
                            const float* a, const float* b, Py_ssize_t step, int kind,
-                           int stream) noexcept nogil
+                           int stream, Py_ssize_t ahead) noexcept nogil
 
 
 cdef extern from "_stream.h":
@@ -42,15 +42,15 @@ cdef inline bint vector_act(int activation) noexcept nogil:
 
 cdef inline void vector_act_run(const float* x, float* y, Py_ssize_t n, const float* head,
                                 const float* a, const float* b, Py_ssize_t step,
-                                int activation, bint stream) noexcept nogil:
+                                int activation, bint stream, Py_ssize_t ahead) noexcept nogil:
     """gn_affine_act_f32 with the kind as a literal in each call: each
     compiles to its own loop, with no test of the kind per vector."""
     if activation == ACT_SILU:
-        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_SILU, stream)
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_SILU, stream, ahead)
     elif activation == ACT_GELU_TANH:
-        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU_TANH, stream)
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU_TANH, stream, ahead)
     else:
-        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU, stream)
+        gn_affine_act_f32(x, y, n, head, a, b, step, GN_VECTOR_GELU, stream, ahead)
 
 
 cdef inline real silu(real v) noexcept nogil:
@@ -96,12 +96,17 @@ cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size
 
 
 cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, real a, real b,
-                               int activation, bint stream) noexcept nogil:
+                               int activation, bint stream, Py_ssize_t ahead) noexcept nogil:
     """y = act((x - head) * a + b) for one channel's run (NCHW), the stores
-    aligned to 64 bytes after a short head; stream: past the cache."""
+    aligned to 64 bytes after a short head; stream: past the cache; ahead:
+    see gn_affine_act_f32 (intrinsics activations only)."""
     cdef Py_ssize_t peel
-    if stream and streamed(x, y, n, &head, &a, &b, 0, activation):
+    if stream and streamed(x, y, n, &head, &a, &b, 0, activation, ahead):
         return
+    if real is float:
+        if vector_act(activation):  # no peel (see to_alignment)
+            vector_act_run(x, y, n, &head, &a, &b, 0, activation, False, ahead)
+            return
     peel = to_alignment(y, n, sizeof(real), activation)
     affine_scalar_run(x, y, peel, head, a, b, activation)
     affine_scalar_run(x + peel, y + peel, n - peel, head, a, b, activation)
@@ -114,7 +119,7 @@ cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* 
     per-channel coefficients, the stores aligned to 64 bytes after a short
     head; stream: past the cache."""
     cdef Py_ssize_t peel
-    if stream and streamed(x, y, n, head, a, b, 1, activation):
+    if stream and streamed(x, y, n, head, a, b, 1, activation, 0):
         return
     peel = to_alignment(y, n, sizeof(real), activation)
     affine_table_run(x, y, peel, head, a, b, activation)
@@ -122,7 +127,8 @@ cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* 
 
 
 cdef inline bint streamed(const real* x, real* y, Py_ssize_t n, const real* head, const real* a,
-                          const real* b, Py_ssize_t step, int activation) noexcept nogil:
+                          const real* b, Py_ssize_t step, int activation,
+                          Py_ssize_t ahead) noexcept nogil:
     """The apply with non-temporal stores (see _stream.h), where this build
     has them: no activation, or float32 with an intrinsics activation.
     Returns False, having written nothing, otherwise (the caller then stores
@@ -137,7 +143,7 @@ cdef inline bint streamed(const real* x, real* y, Py_ssize_t n, const real* head
         return True
     if real is float:
         if vector_act(activation):
-            vector_act_run(x, y, n, head, a, b, step, activation, True)
+            vector_act_run(x, y, n, head, a, b, step, activation, True, ahead)
             return True
     return False
 
@@ -147,7 +153,7 @@ cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real he
     cdef Py_ssize_t i
     if real is float:
         if vector_act(activation):
-            vector_act_run(x, y, n, &head, &a, &b, 0, activation, False)
+            vector_act_run(x, y, n, &head, &a, &b, 0, activation, False, 0)
             return
     if activation == ACT_NONE:
         for i in range(n):
@@ -171,7 +177,7 @@ cdef inline void affine_table_run(const real* x, real* y, Py_ssize_t n, const re
     cdef Py_ssize_t i
     if real is float:
         if vector_act(activation):
-            vector_act_run(x, y, n, head, a, b, 1, activation, False)
+            vector_act_run(x, y, n, head, a, b, 1, activation, False, 0)
             return
     if activation == ACT_NONE:
         for i in range(n):

@@ -53,6 +53,9 @@ cdef enum:
     LINE = 512
     ROWS = 64
     NHWC_BLOCK = 8192
+    # A fused activation's apply prefetches the next group when the two
+    # groups take at most this many bytes (well inside a 512 KiB L2).
+    PREFETCH_GROUP_BYTES = 393216
     COPY_BLOCK = 65536
     HALF_BLOCK = 65536  # elements per thread work item of the float16 conversions
 

@@ -61,7 +61,8 @@ cdef extern from "_runs.h":
 
 cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssize_t stop,
                              Py_ssize_t hw, const real* weight, const real* bias,
-                             Moments m, double eps, int activation, bint stream) noexcept nogil:
+                             Moments m, double eps, int activation, bint stream,
+                             Py_ssize_t ahead) noexcept nogil:
     """Normalize src[start:stop] of one group into y (pointers at the group's
     first element; weight and bias at its first channel, or NULL). stream:
     non-temporal stores (see affine_scalar; the caller fences)."""
@@ -77,7 +78,7 @@ cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssiz
         if affine_coefficients(m.mean, rstd, weight, bias, c, &head, &a, &b):
             apply_exact(src + lo, y + lo, hi - lo, m.mean, rstd, weight, bias, c, activation)
         else:
-            affine_scalar(src + lo, y + lo, hi - lo, head, a, b, activation, stream)
+            affine_scalar(src + lo, y + lo, hi - lo, head, a, b, activation, stream, ahead)
 
 
 cdef inline bint apply_short_runs(const real* src, real* y, Py_ssize_t start, Py_ssize_t stop,
@@ -116,13 +117,21 @@ cdef inline Moments finish_group(const real* src, Py_ssize_t length, Moments m,
 
 cdef inline void normalize_group(const real* x, real* y, const real* skip, real* buf,
                                  const real* weight, const real* bias, const real* skip_bias,
-                                 Py_ssize_t p, GroupsNCHW* g) noexcept nogil:
-    """Statistics then apply for (sample, group) pair p, while it is in cache."""
+                                 Py_ssize_t p, GroupsNCHW* g, bint next_is_mine) noexcept nogil:
+    """Statistics then apply for (sample, group) pair p, while it is in cache.
+    next_is_mine: this thread normalizes pair p + 1 next; a compute-bound
+    apply (a fused intrinsics activation) then prefetches it into L2 for the
+    statistics, when both groups fit there (see gn_affine_act_f32). Measured
+    0.90-0.95 of the time with SiLU on SD shapes (Zen 4, avx512)."""
     cdef Py_ssize_t offset = p * g.length
     cdef Py_ssize_t first_channel = (p % g.groups) * g.channels_per_group
     cdef Py_ssize_t k, start
+    cdef Py_ssize_t ahead = 0
     cdef Moments m
     cdef const real* src = x + offset
+    if (next_is_mine and buf == NULL and vector_act(g.activation) and real is float
+            and 2 * g.length * sizeof(real) <= PREFETCH_GROUP_BYTES):
+        ahead = g.length
     if buf != NULL:
         src = buf + offset
     reset_moments(&m)
@@ -138,7 +147,7 @@ cdef inline void normalize_group(const real* x, real* y, const real* skip, real*
         start = k * CHUNK
         apply_range(src, y + offset, start, min(start + CHUNK, g.length), g.hw,
                     shift(weight, first_channel), shift(bias, first_channel), m, g.eps,
-                    g.activation, g.stream)
+                    g.activation, g.stream, ahead)
 
 
 cdef inline void normalize_share(const real* x, real* y, const real* skip, real* buf,
@@ -146,9 +155,9 @@ cdef inline void normalize_share(const real* x, real* y, const real* skip, real*
                                  Py_ssize_t t, Py_ssize_t threads, Py_ssize_t pairs,
                                  GroupsNCHW* g) noexcept nogil:
     """Thread t's contiguous share of the pairs, one whole group after another."""
-    cdef Py_ssize_t p
-    for p in range(share_start(pairs, t, threads), share_start(pairs, t + 1, threads)):
-        normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g)
+    cdef Py_ssize_t p, stop = share_start(pairs, t + 1, threads)
+    for p in range(share_start(pairs, t, threads), stop):
+        normalize_group(x, y, skip, buf, weight, bias, skip_bias, p, g, p + 1 < stop)
     if g.stream:
         store_fence()
 
@@ -199,7 +208,7 @@ cdef inline void split_groups_thread(const real* x, real* y, const real* skip, r
         first_channel = (p % g.groups) * g.channels_per_group
         apply_range(src + p * g.length, y + p * g.length, start, min(start + CHUNK, g.length),
                     g.hw, shift(weight, first_channel), shift(bias, first_channel), m, g.eps,
-                    g.activation, g.stream)
+                    g.activation, g.stream, 0)
     if g.stream:
         store_fence()
 

@@ -209,14 +209,18 @@ static inline void gn_act_part(const float* x, float* y, ptrdiff_t i, ptrdiff_t 
             av = gn_v_load(a + i);                                                            \
             bv = gn_v_load(b + i);                                                            \
         }                                                                                     \
+        if (ahead) __builtin_prefetch(x + i + ahead, 0, 2);                                  \
         STORE(y + i, gn_v_activate(gn_v_fma(gn_v_sub(gn_v_load(x + i), hv), av, bv), kind)); \
     }
 
 /* stream: non-temporal stores (see _stream.h), after a masked head up to
- * the vectors' alignment; the caller fences. Same bits either way. */
+ * the vectors' alignment; the caller fences. Same bits either way.
+ * ahead (elements; 0: none): prefetch x[i + ahead] into L2 while computing
+ * x[i], the next group's data during this group's compute-bound apply, so
+ * the next group's memory-bound statistics find it there. */
 static inline void gn_affine_act_f32(const float* x, float* y, ptrdiff_t n,
                                      const float* head, const float* a, const float* b,
-                                     ptrdiff_t step, int kind, int stream) {
+                                     ptrdiff_t step, int kind, int stream, ptrdiff_t ahead) {
     ptrdiff_t i = 0;
     gn_vf hv = gn_v_set(*head), av = gn_v_set(*a), bv = gn_v_set(*b);
     if (n <= 0) return;
@@ -235,7 +239,7 @@ static inline void gn_affine_act_f32(const float* x, float* y, ptrdiff_t n,
 #define GNCPU_HAVE_VECTOR_ACT 0
 static inline void gn_affine_act_f32(const float* x, float* y, ptrdiff_t n,
                                      const float* head, const float* a, const float* b,
-                                     ptrdiff_t step, int kind, int stream) {}
+                                     ptrdiff_t step, int kind, int stream, ptrdiff_t ahead) {}
 #endif
 
 #endif
