@@ -158,7 +158,6 @@ def _check_skip(skip, x, dtype, moved):
     return _to_compute(_to_nhwc(arr) if moved else arr, dtype)
 
 
-
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None,
                skip=None, skip_bias=None, return_sum=False, channels_last=False, out=None,
                num_threads=None):

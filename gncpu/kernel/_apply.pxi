@@ -83,31 +83,25 @@ cdef inline real relu(real v) noexcept nogil:
 # the loads and stores of the same loop (a separate activation pass would
 # serialize the memory-bound and the compute-bound work).
 
-cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size,
-                                     int activation) noexcept nogil:
+cdef inline Py_ssize_t to_alignment(const void* p, Py_ssize_t n, Py_ssize_t size) noexcept nogil:
     """Elements of `size` bytes from p to the next 64-byte boundary (0 for short runs).
     Large NumPy buffers start 16 bytes past one: without peeling, every
-    vector store would straddle two cache lines."""
+    vector store would straddle two cache lines. (The intrinsics loops do not
+    peel: compute-bound, a masked head costs more than the split stores save.)"""
     if n < 256:  # short runs: the peeled head would cost more than the split stores
         return 0
-    if size == sizeof(float) and vector_act(activation):
-        return 0  # compute-bound: a masked head costs more than the split stores save
     return <Py_ssize_t>(((64 - (<size_t>p) % 64) % 64) // size)
 
 
 cdef inline void affine_scalar(const real* x, real* y, Py_ssize_t n, real head, real a, real b,
                                int activation, bint stream, Py_ssize_t ahead) noexcept nogil:
-    """y = act((x - head) * a + b) for one channel's run (NCHW), the stores
-    aligned to 64 bytes after a short head; stream: past the cache; ahead:
-    see gn_affine_act_f32 (intrinsics activations only)."""
+    """y = act((x - head) * a + b) for one channel's run (NCHW); stream and
+    ahead: see own_loop. The portable loops store aligned to 64 bytes after a
+    short head."""
     cdef Py_ssize_t peel
-    if stream and streamed(x, y, n, &head, &a, &b, 0, activation, ahead):
+    if own_loop(x, y, n, &head, &a, &b, 0, activation, stream, ahead):
         return
-    if real is float:
-        if vector_act(activation):  # no peel (see to_alignment)
-            vector_act_run(x, y, n, &head, &a, &b, 0, activation, False, ahead)
-            return
-    peel = to_alignment(y, n, sizeof(real), activation)
+    peel = to_alignment(y, n, sizeof(real))
     affine_scalar_run(x, y, peel, head, a, b, activation)
     affine_scalar_run(x + peel, y + peel, n - peel, head, a, b, activation)
 
@@ -116,45 +110,42 @@ cdef inline void affine_table(const real* x, real* y, Py_ssize_t n, const real* 
                               const real* a, const real* b, int activation,
                               bint stream) noexcept nogil:
     """y = act((x - head) * a + b) along one row of channels (NHWC), with
-    per-channel coefficients, the stores aligned to 64 bytes after a short
-    head; stream: past the cache."""
+    per-channel coefficients; stream: see own_loop. The portable loops store
+    aligned to 64 bytes after a short head."""
     cdef Py_ssize_t peel
-    if stream and streamed(x, y, n, head, a, b, 1, activation, 0):
+    if own_loop(x, y, n, head, a, b, 1, activation, stream, 0):
         return
-    peel = to_alignment(y, n, sizeof(real), activation)
+    peel = to_alignment(y, n, sizeof(real))
     affine_table_run(x, y, peel, head, a, b, activation)
     affine_table_run(x + peel, y + peel, n - peel, head + peel, a + peel, b + peel, activation)
 
 
-cdef inline bint streamed(const real* x, real* y, Py_ssize_t n, const real* head, const real* a,
-                          const real* b, Py_ssize_t step, int activation,
+cdef inline bint own_loop(const real* x, real* y, Py_ssize_t n, const real* head, const real* a,
+                          const real* b, Py_ssize_t step, int activation, bint stream,
                           Py_ssize_t ahead) noexcept nogil:
-    """The apply with non-temporal stores (see _stream.h), where this build
-    has them: no activation, or float32 with an intrinsics activation.
-    Returns False, having written nothing, otherwise (the caller then stores
-    the ordinary way: ReLU, float64 activations, the baseline build's)."""
-    if not GNCPU_HAVE_STREAM:
-        return False
-    if activation == ACT_NONE:
+    """The applies with loops of their own, where this build has them: float32
+    with an intrinsics activation (_vecact.h; it streams when `stream`, and
+    prefetches `ahead`), or no activation stored past the cache when `stream`
+    (_stream.h; the caller fences). step: 0 for one coefficient triple, 1 for
+    per-element tables. Returns False, having written nothing, otherwise: the
+    caller runs the portable loops (ReLU, float64 activations, the baseline
+    build's, and every ordinary store without activation)."""
+    if real is float:
+        if vector_act(activation):
+            vector_act_run(x, y, n, head, a, b, step, activation, stream, ahead)
+            return True
+    if stream and activation == ACT_NONE and GNCPU_HAVE_STREAM:
         if real is float:
             affine_stream_f32(x, y, n, head, a, b, step)
         else:
             affine_stream_f64(x, y, n, head, a, b, step)
         return True
-    if real is float:
-        if vector_act(activation):
-            vector_act_run(x, y, n, head, a, b, step, activation, True, ahead)
-            return True
     return False
 
 
 cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real head, real a,
                                    real b, int activation) noexcept nogil:
     cdef Py_ssize_t i
-    if real is float:
-        if vector_act(activation):
-            vector_act_run(x, y, n, &head, &a, &b, 0, activation, False, 0)
-            return
     if activation == ACT_NONE:
         for i in range(n):
             y[i] = (x[i] - head) * a + b
@@ -175,10 +166,6 @@ cdef inline void affine_scalar_run(const real* x, real* y, Py_ssize_t n, real he
 cdef inline void affine_table_run(const real* x, real* y, Py_ssize_t n, const real* head,
                                   const real* a, const real* b, int activation) noexcept nogil:
     cdef Py_ssize_t i
-    if real is float:
-        if vector_act(activation):
-            vector_act_run(x, y, n, head, a, b, 1, activation, False, 0)
-            return
     if activation == ACT_NONE:
         for i in range(n):
             y[i] = (x[i] - head[i]) * a[i] + b[i]

@@ -41,9 +41,10 @@ def last_level_cache_bytes():
 
 
 # Outputs of at least this many bytes are stored past the cache (see
-# _stream.h), in both layouts, with or without activation; -1: never. Default: half the last-level cache, where the call's
-# own traffic (x read, y written) no longer fits in it, so y would not be
-# there for the next operation anyway. On Zen 4 (32 MiB L3) streaming paid
+# _stream.h), in both layouts, with or without activation; -1: never.
+# Default: half the last-level cache, where the call's own traffic (x read,
+# y written) no longer fits in it, so y would not be there for the next
+# operation anyway. On Zen 4 (32 MiB L3) streaming paid
 # from 16 MiB on 1 and 2 threads, counting a read of y after the call; at 5
 # MiB it cost 10-30%.
 cdef Py_ssize_t stream_from_bytes = last_level_cache_bytes() // 2
@@ -98,6 +99,7 @@ def group_norm(cnp.ndarray x, cnp.ndarray out, object weight, object bias,
     cdef void* bp = data_or_null(bias)
     cdef void* sbp = data_or_null(skip_bias)
     cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    cdef bint stream = GNCPU_HAVE_STREAM and 0 <= stream_from_bytes <= out.nbytes
     cdef GroupsNCHW nchw
     cdef GroupsNHWC nhwc
     if x.size == 0:
@@ -106,7 +108,7 @@ def group_norm(cnp.ndarray x, cnp.ndarray out, object weight, object bias,
         nhwc_geometry(&nhwc, spatial, c, num_groups)
         nhwc.eps = eps
         nhwc.activation = activation
-        nhwc.stream = GNCPU_HAVE_STREAM and 0 <= stream_from_bytes <= out.nbytes
+        nhwc.stream = stream
         with nogil:
             if single:
                 rc = run_nhwc(<const float*>xp, <float*>yp, <const float*>sp, <float*>bufp,
@@ -124,7 +126,7 @@ def group_norm(cnp.ndarray x, cnp.ndarray out, object weight, object bias,
         nchw.chunks_per_group = (nchw.length + CHUNK - 1) // CHUNK
         nchw.eps = eps
         nchw.activation = activation
-        nchw.stream = GNCPU_HAVE_STREAM and 0 <= stream_from_bytes <= out.nbytes
+        nchw.stream = stream
         with nogil:
             if single:
                 rc = run_nchw(<const float*>xp, <float*>yp, <const float*>sp, <float*>bufp,

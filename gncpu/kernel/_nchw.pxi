@@ -64,8 +64,8 @@ cdef inline void apply_range(const real* src, real* y, Py_ssize_t start, Py_ssiz
                              Moments m, double eps, int activation, bint stream,
                              Py_ssize_t ahead) noexcept nogil:
     """Normalize src[start:stop] of one group into y (pointers at the group's
-    first element; weight and bias at its first channel, or NULL). stream:
-    non-temporal stores (see affine_scalar; the caller fences)."""
+    first element; weight and bias at its first channel, or NULL). stream
+    and ahead: see own_loop (the caller fences)."""
     cdef double rstd = inv_std(m, eps)
     cdef real head, a, b
     cdef Py_ssize_t c, lo, hi
@@ -122,7 +122,7 @@ cdef inline void normalize_group(const real* x, real* y, const real* skip, real*
     next_is_mine: this thread normalizes pair p + 1 next; a compute-bound
     apply (a fused intrinsics activation) then prefetches it into L2 for the
     statistics, when both groups fit there (see gn_affine_act_f32). Measured
-    0.90-0.95 of the time with SiLU on SD shapes (Zen 4, avx512)."""
+    0.79-0.90 of the time with SiLU on SD shapes (Zen 4, avx512)."""
     cdef Py_ssize_t offset = p * g.length
     cdef Py_ssize_t first_channel = (p % g.groups) * g.channels_per_group
     cdef Py_ssize_t k, start
