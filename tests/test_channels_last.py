@@ -33,12 +33,15 @@ CASES = [
     ((1, 20, 3, 5, 7), 5),    # rank 5
     ((2, 1280, 2, 2), 32),    # wide channels, few rows
     # The kernel walks rows a "line" of max(1, 512 // C) rows at a time, in
-    # blocks of max(64, ~8192 / C) rows: partial lines and partial blocks.
-    ((1, 3, 5000), 3),        # lines of 170 rows, blocks of 2720: 1 block + 2280 rows
-    ((2, 12, 25, 28), 4),     # lines of 42 rows, blocks of 672: 700 = 672 + 28
-    ((1, 32, 300), 8),        # lines of 16 rows, blocks of 256: 300 = 256 + 44
-    ((2, 513, 67), 27),       # one row per line (C > 512), blocks of 64: 67 = 64 + 3
-    ((1, 256, 9, 15), 16),    # 2 rows per line, 135 rows = 2 blocks + 7
+    # blocks of max(64, ~65536 / C) rows summed 64 lines at a time in the
+    # working precision: partial lines, sub-blocks and blocks.
+    ((1, 3, 5000), 3),        # lines of 170 rows, blocks of 21760: 29 lines + 70 rows
+    ((2, 12, 25, 28), 4),     # lines of 42 rows, blocks of 5460: 16 lines + 28 rows
+    ((1, 32, 300), 8),        # lines of 16 rows, blocks of 2048: 18 lines + 12 rows
+    ((2, 513, 67), 27),       # one row per line (C > 512), blocks of 127: 67 rows, 2 sub-blocks
+    ((1, 256, 9, 15), 16),    # 2 rows per line, blocks of 256: 135 rows = 67 lines + 1 row
+    ((2, 32, 4500), 8),       # blocks of 2048 rows (2 sub-blocks): 2 blocks + 404 rows
+    ((1, 4, 30000), 2),       # lines of 128 rows, blocks of 16384: 1 block + 106 lines + 48 rows
 ]
 LARGE = [((1, 320, 64, 64), 32), ((2, 64, 33, 35), 1)]
 
@@ -155,12 +158,12 @@ def test_float64_constant_groups_with_inexact_sums(value):
 @pytest.mark.parametrize("where", ["first_row", "last_row", "second_block"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_non_finite_value_poisons_only_its_group(rng, threads, where, dtype, value):
-    shape, groups = (1, 40, 150, 11), 8                     # 1650 rows: 25 blocks + 50 rows
+    shape, groups = (1, 40, 150, 11), 8                     # 1650 rows: a block of 1632 + 18
     nhwc, _ = make_data(rng, (shape[0],) + shape[2:] + (shape[1],), dtype)
     weight, bias = make_affine(rng, shape[1], dtype, "normal")
     clean = gncpu.group_norm(nhwc, groups, weight, bias, channels_last=True, num_threads=threads)
     rows = nhwc.reshape(shape[0], -1, shape[1])
-    row = {"first_row": 0, "last_row": rows.shape[1] - 1, "second_block": 64 + 7}[where]
+    row = {"first_row": 0, "last_row": rows.shape[1] - 1, "second_block": 1632 + 7}[where]
     group, cpg = 3, shape[1] // groups
     rows[0, row, group * cpg + 2] = float(value)
     y = gncpu.group_norm(nhwc, groups, weight, bias, channels_last=True, num_threads=threads)
@@ -204,7 +207,10 @@ def test_random_channels_last_problems(problem):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("variant", [name for name, _ in VARIANTS])
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[5], CASES[6], CASES[9], CASES[10], CASES[12],
-                                  LARGE[1]], ids=case_id)
+                                  CASES[14], CASES[15], LARGE[1],
+                                  # 3 samples: whole samples per thread at 3 threads, the
+                                  # barrier plan at 2 and 4
+                                  ((3, 32, 4500), 8)], ids=case_id)
 def test_variant_bitwise_across_thread_counts(rng, case, variant, dtype):
     module = dict(VARIANTS)[variant]
     shape, groups = case

@@ -49,10 +49,12 @@ cdef enum:
     SHORT_RUN_MAX = 256
     RUN_TABLE = 258     # channels a chunk can touch: CHUNK / SHORT_RUN_MIN + 2
     # NHWC geometry (see GroupsNHWC): a line is at least LINE elements; a
-    # statistics block at least ROWS rows and about NHWC_BLOCK elements.
+    # statistics block at least ROWS rows and about NHWC_BLOCK elements,
+    # summed SUB_LINES lines at a time in the working precision.
     LINE = 512
     ROWS = 64
-    NHWC_BLOCK = 8192
+    NHWC_BLOCK = 65536
+    SUB_LINES = 64
     # A fused activation's apply prefetches the next group when the two
     # groups take at most this many bytes (well inside a 512 KiB L2).
     PREFETCH_GROUP_BYTES = 393216

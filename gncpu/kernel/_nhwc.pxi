@@ -1,7 +1,10 @@
 # The NHWC (channels-last) plan: a sample is S rows of C channels. Blocks of
 # rows are reduced per channel (vectorized over C), then the channels merge
 # into their group; the per-channel coefficients go into a small table that
-# the apply reads a line of rows at a time. Entry: run_nhwc.
+# the apply reads a line of rows at a time. When the samples divide evenly
+# among the threads, each thread takes whole samples (nhwc_samples);
+# otherwise all threads share each phase between barriers (nhwc_thread).
+# Entry: run_nhwc.
 
 cdef struct GroupsNHWC:
     Py_ssize_t rows, channels, groups, channels_per_group
@@ -10,7 +13,8 @@ cdef struct GroupsNHWC:
     # otherwise pay a loop's overhead for two vectors of work.
     Py_ssize_t line_rows, line
     # Statistics blocks: block_rows rows (a multiple of line_rows, >= 64 and
-    # ~8192 elements), so per-lane sums stay short and per-block work is big.
+    # ~64K elements): each block's per-channel and per-group work (~15
+    # cycles a channel) was a third of the statistics at 8K elements.
     Py_ssize_t block_rows, blocks_per_sample
     double eps
     int activation
@@ -38,6 +42,20 @@ cdef inline void nhwc_geometry(GroupsNHWC* g, Py_ssize_t rows, Py_ssize_t channe
 cdef extern from "_prefetch.h":
     # prefetch [p + 16 KiB, + nbytes) into L2 for reading (see _prefetch.h)
     void prefetch_ahead "gn_prefetch_ahead"(const void* p, Py_ssize_t nbytes) noexcept nogil
+    # prefetch [p, p + nbytes) into L2 for reading
+    void prefetch "gn_prefetch"(const void* p, Py_ssize_t nbytes) noexcept nogil
+
+
+cdef inline void prefetch_spread_rows(const real* x, Py_ssize_t b, GroupsNHWC* g) noexcept nogil:
+    """Prefetch the rows block b's centre reads (see channel_sums) but its
+    first: they lie ahead of the stream, and without this every block started
+    with their misses."""
+    cdef Py_ssize_t first = (b % g.blocks_per_sample) * g.block_rows
+    cdef Py_ssize_t rows = min(g.block_rows, g.rows - first)
+    cdef const real* block = x + ((b // g.blocks_per_sample) * g.rows + first) * g.channels
+    cdef Py_ssize_t i
+    for i in range(1, 8):
+        prefetch(block + ((i * rows) // 8) * g.channels, g.channels * sizeof(real))
 
 
 cdef inline void lane_sums(const real* x, Py_ssize_t n, const real* centre, real* acc_d,
@@ -63,16 +81,32 @@ cdef inline void lane_sums2(const real* x, const real* x2, Py_ssize_t n, const r
         acc_dd[j] += d * d + e * e
 
 
+cdef inline void line_run_sums(const real* x, Py_ssize_t lines, Py_ssize_t width,
+                               const real* centre, real* acc_d, real* acc_dd) noexcept nogil:
+    """lane_sums over `lines` consecutive lines of `width` lanes, two at a time."""
+    cdef Py_ssize_t k
+    for k in range(lines // 2):
+        prefetch_ahead(x + 2 * k * width, 2 * width * sizeof(real))
+        lane_sums2(x + 2 * k * width, x + (2 * k + 1) * width, width, centre, acc_d, acc_dd)
+    if lines % 2:
+        lane_sums(x + (lines - 1) * width, width, centre, acc_d, acc_dd)
+
+
 cdef inline void channel_sums(const real* x, Py_ssize_t rows, GroupsNHWC* g, real* centre,
-                              real* acc_d, real* acc_dd) noexcept nogil:
+                              real* acc_d, real* acc_dd, double* sum_d,
+                              double* sum_dd) noexcept nogil:
     """Per-channel shifted sums over `rows` contiguous rows, into the first C
-    entries of acc_d / acc_dd (each g.line long; centre too). Centred per
-    channel on the mean of 8 rows spread over the block. Rows are walked in
-    memory order, a line (line_rows rows) at a time; the line-long
-    accumulators stay in L1 and are folded to C channels at the end."""
+    entries of sum_d / sum_dd (float64; each g.line long, as are centre,
+    acc_d and acc_dd). Centred per channel on the mean of 8 rows spread over
+    the block. Rows are walked in memory order, a line (line_rows rows) at a
+    time, into line-long working-precision accumulators in L1; every
+    SUB_LINES lines those are added into the float64 sums, so no lane's
+    working-precision sum runs over more than SUB_LINES terms however long
+    the block (long blocks: the per-block channel and group work is paid
+    once per ~64K elements). The line's replicas fold in float64 at the end."""
     cdef Py_ssize_t nc = g.channels, width = g.line
     cdef Py_ssize_t lines = rows // g.line_rows
-    cdef Py_ssize_t r, k, j, lanes
+    cdef Py_ssize_t r, k, j, lanes, start, count, tail
     cdef const real* row
     cdef real local[LANES]   # a local array cannot alias x: this loop vectorizes
     # offsets of the 8 rows spread over the block
@@ -92,18 +126,31 @@ cdef inline void channel_sums(const real* x, Py_ssize_t rows, GroupsNHWC* g, rea
     for j in range(nc, width):
         centre[j] = centre[j - nc]
     for j in range(width):
-        acc_d[j] = 0
-        acc_dd[j] = 0
-    for k in range(lines // 2):
-        prefetch_ahead(x + 2 * k * width, 2 * width * sizeof(real))
-        lane_sums2(x + 2 * k * width, x + (2 * k + 1) * width, width, centre, acc_d, acc_dd)
-    if lines % 2:
-        lane_sums(x + (lines - 1) * width, width, centre, acc_d, acc_dd)
-    lane_sums(x + lines * width, (rows - lines * g.line_rows) * nc, centre, acc_d, acc_dd)
+        sum_d[j] = 0
+        sum_dd[j] = 0
+    for k in range((lines + SUB_LINES - 1) // SUB_LINES):
+        start = k * SUB_LINES
+        count = min(<Py_ssize_t>SUB_LINES, lines - start)
+        for j in range(width):
+            acc_d[j] = 0
+            acc_dd[j] = 0
+        line_run_sums(x + start * width, count, width, centre, acc_d, acc_dd)
+        for j in range(width):
+            sum_d[j] += acc_d[j]
+            sum_dd[j] += acc_dd[j]
+    tail = (rows - lines * g.line_rows) * nc   # a last, partial line
+    if tail > 0:
+        for j in range(tail):
+            acc_d[j] = 0
+            acc_dd[j] = 0
+        lane_sums(x + lines * width, tail, centre, acc_d, acc_dd)
+        for j in range(tail):
+            sum_d[j] += acc_d[j]
+            sum_dd[j] += acc_dd[j]
     for r in range(1, g.line_rows):  # fold the line's replicas, in order
         for j in range(nc):
-            acc_d[j] += acc_d[r * nc + j]
-            acc_dd[j] += acc_dd[r * nc + j]
+            sum_d[j] += sum_d[r * nc + j]
+            sum_dd[j] += sum_dd[r * nc + j]
 
 
 cdef inline void add_residual_rows(const real* x, const real* skip, const real* skip_bias,
@@ -117,7 +164,8 @@ cdef inline void add_residual_rows(const real* x, const real* skip, const real* 
 
 
 cdef inline int block_stats(const real* x, const real* skip, const real* skip_bias, real* buf,
-                            Py_ssize_t b, GroupsNHWC* g, Moments* parts) noexcept nogil:
+                            Py_ssize_t b, Py_ssize_t blocks, GroupsNHWC* g,
+                            Moments* parts) noexcept nogil:
     """Moments of each group over one block of rows of one sample, into
     parts[b * groups + group]: per-channel shifted sums, then each group's
     channels combined. Returns -1 if out of memory."""
@@ -127,27 +175,35 @@ cdef inline int block_stats(const real* x, const real* skip, const real* skip_bi
     cdef Py_ssize_t offset = ((b // g.blocks_per_sample) * g.rows + first) * nc
     cdef Py_ssize_t k, ch
     cdef real* sums = <real*>malloc(3 * g.line * sizeof(real))
+    cdef double* wide = <double*>malloc(2 * g.line * sizeof(double))
     cdef Moments* channel = <Moments*>malloc(nc * sizeof(Moments))
     cdef real* centre = sums
     cdef real* acc_d = sums + g.line
     cdef real* acc_dd = sums + 2 * g.line
-    if sums == NULL or channel == NULL:
+    cdef double* sum_d = wide
+    cdef double* sum_dd = wide + g.line
+    cdef double inv_rows = 1.0 / rows
+    if sums == NULL or wide == NULL or channel == NULL:
         free(sums)
+        free(wide)
         free(channel)
         return -1
     if buf != NULL:
         add_residual_rows(x + offset, shift(skip, offset), skip_bias, buf + offset, rows, nc)
         x = buf
-    channel_sums(x + offset, rows, g, centre, acc_d, acc_dd)
+    elif b + 1 < blocks:
+        prefetch_spread_rows(x, b + 1, g)
+    channel_sums(x + offset, rows, g, centre, acc_d, acc_dd, sum_d, sum_dd)
     for ch in range(nc):
         channel[ch].count = rows
         channel[ch].scale = 1
-        channel[ch].mean = centre[ch] + <double>acc_d[ch] / rows
-        channel[ch].m2 = max(<double>acc_dd[ch] - <double>acc_d[ch] * (<double>acc_d[ch] / rows), 0.0)
+        channel[ch].mean = centre[ch] + sum_d[ch] * inv_rows
+        channel[ch].m2 = max(sum_dd[ch] - sum_d[ch] * (sum_d[ch] * inv_rows), 0.0)
     for k in range(g.groups):
         parts[b * g.groups + k] = combine_equal(channel + k * g.channels_per_group,
                                                 g.channels_per_group, 1)
     free(sums)
+    free(wide)
     free(channel)
     return 0
 
@@ -190,6 +246,26 @@ cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, M
             b[lane] = b[ch]
 
 
+cdef extern from "_rows.h":
+    # y = (x - head[j]) * a[j] + b[j] over rows of `width` lanes (see
+    # _rows.h); GNCPU_HAVE_VECTOR_ROWS is 0 without GCC vector extensions.
+    const bint GNCPU_HAVE_VECTOR_ROWS
+    void affine_rows_f32 "gn_affine_rows_f32"(const float* x, float* y, Py_ssize_t rows,
+                                               Py_ssize_t width, const float* head,
+                                               const float* a, const float* b) noexcept nogil
+    void affine_rows_f64 "gn_affine_rows_f64"(const double* x, double* y, Py_ssize_t rows,
+                                               Py_ssize_t width, const double* head,
+                                               const double* a, const double* b) noexcept nogil
+
+
+cdef inline void affine_rows(const real* x, real* y, Py_ssize_t rows, Py_ssize_t width,
+                             const real* head, const real* a, const real* b) noexcept nogil:
+    if real is float:
+        affine_rows_f32(x, y, rows, width, head, a, b)
+    else:
+        affine_rows_f64(x, y, rows, width, head, a, b)
+
+
 cdef inline void apply_block(const real* src, real* y, const real* weight, const real* bias,
                              Py_ssize_t b, GroupsNHWC* g, const real* table) noexcept nogil:
     """Normalize one block of rows in memory order, a line at a time, with
@@ -199,10 +275,20 @@ cdef inline void apply_block(const real* src, real* y, const real* weight, const
     cdef Py_ssize_t stop = min(first + g.block_rows, g.rows)
     cdef Py_ssize_t k, r, offset
     cdef const real* head = table + (n * 3) * g.line
+    cdef Py_ssize_t lines = (stop - first) // g.line_rows
     for k in range(g.groups):
         if g.exact[n * g.groups + k]:
             apply_block_by_group(src, y, weight, bias, n, first, stop, g, head)
             return
+    if GNCPU_HAVE_VECTOR_ROWS and g.activation == ACT_NONE and not (g.stream and GNCPU_HAVE_STREAM):
+        # whole lines in one call, then the sample's last, partial line
+        offset = (n * g.rows + first) * g.channels
+        affine_rows(src + offset, y + offset, lines, g.line, head, head + g.line,
+                    head + 2 * g.line)
+        offset += lines * g.line
+        affine_rows(src + offset, y + offset, 1, (stop - first - lines * g.line_rows) * g.channels,
+                    head, head + g.line, head + 2 * g.line)
+        return
     for k in range((stop - first + g.line_rows - 1) // g.line_rows):
         r = first + k * g.line_rows
         offset = (n * g.rows + r) * g.channels
@@ -240,7 +326,9 @@ cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf
     """Thread t's part of the NHWC kernel, in one parallel region: moments of
     its share of the (sample, row block)s; barrier; merges of its share of
     the (sample, group) pairs into the coefficient table; barrier; the apply
-    of its share of blocks, last-read first (still in L2). *failed (shared)
+    of its share of blocks in memory order (last-read first kept the last
+    blocks' L2 hits but walked memory backwards, past the hardware prefetcher:
+    a forward apply took 0.75-0.85 of the time on 5-25 MiB, Zen 4). *failed (shared)
     is set if scratch memory ran out; every thread then stops after the
     first barrier."""
     cdef Py_ssize_t blocks = n * g.blocks_per_sample
@@ -249,7 +337,7 @@ cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf
     if buf != NULL:
         src = buf
     for b in range(share_start(blocks, t, threads), share_start(blocks, t + 1, threads)):
-        if block_stats(x, skip, skip_bias, buf, b, g, parts) != 0:
+        if block_stats(x, skip, skip_bias, buf, b, blocks, g, parts) != 0:
             failed[0] = 1
             break
     gncpu_barrier()
@@ -258,8 +346,36 @@ cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf
     for p in range(share_start(n * g.groups, t, threads), share_start(n * g.groups, t + 1, threads)):
         merge_blocks_at(src, p, g, parts, weight, bias, table)
     gncpu_barrier()
-    for b in range(share_start(blocks, t + 1, threads) - 1, share_start(blocks, t, threads) - 1, -1):
+    for b in range(share_start(blocks, t, threads), share_start(blocks, t + 1, threads)):
         apply_block(src, y, weight, bias, b, g, table)
+    if g.stream:
+        store_fence()
+
+
+cdef inline void nhwc_samples(const real* x, real* y, const real* skip, real* buf,
+                              const real* weight, const real* bias, const real* skip_bias,
+                              Py_ssize_t t, Py_ssize_t threads, Py_ssize_t n, GroupsNHWC* g,
+                              Moments* parts, real* table, int* failed) noexcept nogil:
+    """Thread t's part of the NHWC kernel when the samples divide evenly
+    among the threads: its contiguous share of whole samples, each taken from
+    statistics to apply before the next, with no barrier. A sample's x is
+    then read the second time while it is still in L2/L3, where nhwc_thread's
+    statistics of every sample first would have pushed it out. The same
+    blocks and merges as nhwc_thread, so the same bits."""
+    cdef Py_ssize_t sample, b, p
+    cdef Py_ssize_t blocks = n * g.blocks_per_sample
+    cdef const real* src = x
+    if buf != NULL:
+        src = buf
+    for sample in range(share_start(n, t, threads), share_start(n, t + 1, threads)):
+        for b in range(sample * g.blocks_per_sample, (sample + 1) * g.blocks_per_sample):
+            if block_stats(x, skip, skip_bias, buf, b, blocks, g, parts) != 0:
+                failed[0] = 1
+                return
+        for p in range(sample * g.groups, (sample + 1) * g.groups):
+            merge_blocks_at(src, p, g, parts, weight, bias, table)
+        for b in range(sample * g.blocks_per_sample, (sample + 1) * g.blocks_per_sample):
+            apply_block(src, y, weight, bias, b, g, table)
     if g.stream:
         store_fence()
 
@@ -276,8 +392,12 @@ cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const rea
     g.stats = <double*>malloc(n * g.groups * 2 * sizeof(double))
     if parts != NULL and table != NULL and g.exact != NULL and g.stats != NULL:
         if threads == 1:  # no parallel region at all: opening one costs ~1 us
-            nhwc_thread(x, y, skip, buf, weight, bias, skip_bias, 0, 1, n, g, parts, table,
-                        &failed)
+            nhwc_samples(x, y, skip, buf, weight, bias, skip_bias, 0, 1, n, g, parts, table,
+                         &failed)
+        elif n % threads == 0:
+            with parallel(num_threads=threads):
+                nhwc_samples(x, y, skip, buf, weight, bias, skip_bias, threadid(),
+                             omp_get_num_threads(), n, g, parts, table, &failed)
         else:
             with parallel(num_threads=threads):
                 nhwc_thread(x, y, skip, buf, weight, bias, skip_bias, threadid(),

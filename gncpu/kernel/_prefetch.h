@@ -28,4 +28,16 @@ static inline void gn_prefetch_ahead(const void* p, ptrdiff_t bytes) {
 #endif
 }
 
+/* Prefetch (for reading) the lines of [p, p + bytes). */
+static inline void gn_prefetch(const void* p, ptrdiff_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+    ptrdiff_t at;
+    for (at = 0; at < bytes; at += 64)
+        __builtin_prefetch((const char*)p + at, 0, 2);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 #endif
