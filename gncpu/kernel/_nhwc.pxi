@@ -246,10 +246,9 @@ cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, M
             b[lane] = b[ch]
 
 
-cdef extern from "_rows.h":
+cdef extern from "_runs.h":
     # y = (x - head[j]) * a[j] + b[j] over rows of `width` lanes (see
-    # _rows.h); GNCPU_HAVE_VECTOR_ROWS is 0 without GCC vector extensions.
-    const bint GNCPU_HAVE_VECTOR_ROWS
+    # _runs.h); GNCPU_HAVE_VECTOR_RUNS is 0 without GCC vector extensions.
     void affine_rows_f32 "gn_affine_rows_f32"(const float* x, float* y, Py_ssize_t rows,
                                                Py_ssize_t width, const float* head,
                                                const float* a, const float* b) noexcept nogil
@@ -280,7 +279,7 @@ cdef inline void apply_block(const real* src, real* y, const real* weight, const
         if g.exact[n * g.groups + k]:
             apply_block_by_group(src, y, weight, bias, n, first, stop, g, head)
             return
-    if GNCPU_HAVE_VECTOR_ROWS and g.activation == ACT_NONE and not (g.stream and GNCPU_HAVE_STREAM):
+    if GNCPU_HAVE_VECTOR_RUNS and g.activation == ACT_NONE and not (g.stream and GNCPU_HAVE_STREAM):
         # whole lines in one call, then the sample's last, partial line
         offset = (n * g.rows + first) * g.channels
         affine_rows(src + offset, y + offset, lines, g.line, head, head + g.line,
