@@ -102,7 +102,9 @@ def misaligned_empty(shape, dtype, past=None):
     return raw[start:start + int(np.prod(shape)) * itemsize].view(dtype).reshape(shape)
 
 
-STREAM_CASES = PLAN_CASES + [((2, 64, 64, 64), 32), ((1, 3, 127, 131), 1)]
+# NHWC lines (see GroupsNHWC) of 510 and 600 lanes: streamed vectors run
+# across a line's end into the padded tables.
+STREAM_CASES = PLAN_CASES + [((2, 64, 64, 64), 32), ((1, 3, 127, 131), 1), ((2, 600, 5, 7), 20)]
 # (dtype, activation): float32 with each kind of apply (plain, the
 # intrinsics activations, ReLU's portable loop), float64 plain and fused.
 STREAM_APPLIES = [(np.float32, None), (np.float32, "silu"), (np.float32, "gelu"),

@@ -25,12 +25,23 @@ cdef extern from "_stream.h":
     # streaming thread ends with (see _stream.h); GNCPU_HAVE_STREAM is 0 on
     # CPUs without them.
     const bint GNCPU_HAVE_STREAM
+    const bint GNCPU_STREAM_ROWS
     void affine_stream_f32 "gn_affine_stream_f32"(const float* x, float* y, Py_ssize_t n,
                                                    const float* head, const float* a,
                                                    const float* b, Py_ssize_t step) noexcept nogil
     void affine_stream_f64 "gn_affine_stream_f64"(const double* x, double* y, Py_ssize_t n,
                                                    const double* head, const double* a,
                                                    const double* b, Py_ssize_t step) noexcept nogil
+    # the same over n elements with per-lane tables of period `line` (NHWC),
+    # each padded with its first lanes repeated (see GroupsNHWC.table_line)
+    void affine_stream_rows_f32 "gn_affine_stream_rows_f32"(const float* x, float* y, Py_ssize_t n,
+                                                             Py_ssize_t line, const float* head,
+                                                             const float* a,
+                                                             const float* b) noexcept nogil
+    void affine_stream_rows_f64 "gn_affine_stream_rows_f64"(const double* x, double* y,
+                                                             Py_ssize_t n, Py_ssize_t line,
+                                                             const double* head, const double* a,
+                                                             const double* b) noexcept nogil
     void store_fence "gn_store_fence"() noexcept nogil
 
 

@@ -55,6 +55,7 @@ cdef enum:
     ROWS = 64
     NHWC_BLOCK = 65536
     SUB_LINES = 64
+    TABLE_PAD = 16      # float32 lanes of the widest vector (see GroupsNHWC.table_line)
     # A fused activation's apply prefetches the next group when the two
     # groups take at most this many bytes (well inside a 512 KiB L2).
     PREFETCH_GROUP_BYTES = 393216

@@ -12,6 +12,11 @@ cdef struct GroupsNHWC:
     # lanes (lane j holds channel j % C): a short row (C = 32) would
     # otherwise pay a loop's overhead for two vectors of work.
     Py_ssize_t line_rows, line
+    # The coefficient tables' lines (head, a, b per sample) are table_line =
+    # line + TABLE_PAD apart: lane j < TABLE_PAD is repeated at line + j, so
+    # the streamed apply (gn_affine_stream_rows) loads whole vectors across
+    # a line's end.
+    Py_ssize_t table_line
     # Statistics blocks: block_rows rows (a multiple of line_rows, >= 64 and
     # ~64K elements): each block's per-channel and per-group work (~15
     # cycles a channel) was a third of the statistics at 8K elements.
@@ -34,6 +39,7 @@ cdef inline void nhwc_geometry(GroupsNHWC* g, Py_ssize_t rows, Py_ssize_t channe
     g.channels_per_group = channels // groups
     g.line_rows = max(1, LINE // channels)
     g.line = g.line_rows * channels
+    g.table_line = g.line + TABLE_PAD
     g.block_rows = max(<Py_ssize_t>ROWS, (NHWC_BLOCK // channels) // g.line_rows * g.line_rows)
     g.block_rows = (g.block_rows + g.line_rows - 1) // g.line_rows * g.line_rows
     g.blocks_per_sample = (rows + g.block_rows - 1) // g.block_rows
@@ -218,9 +224,9 @@ cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, M
     cdef Py_ssize_t blk, ch
     cdef Moments m
     cdef double rstd
-    cdef real* head = table + (n * 3) * g.line
-    cdef real* a = head + g.line
-    cdef real* b = a + g.line
+    cdef real* head = table + (n * 3) * g.table_line
+    cdef real* a = head + g.table_line
+    cdef real* b = a + g.table_line
     cdef Py_ssize_t r, lane
     cdef Py_ssize_t full = g.rows // g.block_rows   # blocks of exactly block_rows rows
     cdef const Moments* first = parts + (n * g.blocks_per_sample) * g.groups + k
@@ -239,11 +245,15 @@ cdef inline void merge_blocks_at(const real* src, Py_ssize_t p, GroupsNHWC* g, M
     for ch in range(k * g.channels_per_group, (k + 1) * g.channels_per_group):
         if affine_coefficients(m.mean, rstd, weight, bias, ch, &head[ch], &a[ch], &b[ch]):
             g.exact[p] = 1
-        for r in range(1, g.line_rows):
+        for r in range(g.line_rows):
             lane = r * g.channels + ch
             head[lane] = head[ch]
             a[lane] = a[ch]
             b[lane] = b[ch]
+            if lane < TABLE_PAD:
+                head[g.line + lane] = head[ch]
+                a[g.line + lane] = a[ch]
+                b[g.line + lane] = b[ch]
 
 
 cdef extern from "_runs.h":
@@ -265,6 +275,14 @@ cdef inline void affine_rows(const real* x, real* y, Py_ssize_t rows, Py_ssize_t
         affine_rows_f64(x, y, rows, width, head, a, b)
 
 
+cdef inline void affine_stream_rows(const real* x, real* y, Py_ssize_t n, Py_ssize_t line,
+                                    const real* head, const real* a, const real* b) noexcept nogil:
+    if real is float:
+        affine_stream_rows_f32(x, y, n, line, head, a, b)
+    else:
+        affine_stream_rows_f64(x, y, n, line, head, a, b)
+
+
 cdef inline void apply_block(const real* src, real* y, const real* weight, const real* bias,
                              Py_ssize_t b, GroupsNHWC* g, const real* table) noexcept nogil:
     """Normalize one block of rows in memory order, a line at a time, with
@@ -273,7 +291,7 @@ cdef inline void apply_block(const real* src, real* y, const real* weight, const
     cdef Py_ssize_t first = (b % g.blocks_per_sample) * g.block_rows
     cdef Py_ssize_t stop = min(first + g.block_rows, g.rows)
     cdef Py_ssize_t k, r, offset
-    cdef const real* head = table + (n * 3) * g.line
+    cdef const real* head = table + (n * 3) * g.table_line
     cdef Py_ssize_t lines = (stop - first) // g.line_rows
     for k in range(g.groups):
         if g.exact[n * g.groups + k]:
@@ -282,17 +300,24 @@ cdef inline void apply_block(const real* src, real* y, const real* weight, const
     if GNCPU_HAVE_VECTOR_RUNS and g.activation == ACT_NONE and not (g.stream and GNCPU_HAVE_STREAM):
         # whole lines in one call, then the sample's last, partial line
         offset = (n * g.rows + first) * g.channels
-        affine_rows(src + offset, y + offset, lines, g.line, head, head + g.line,
-                    head + 2 * g.line)
+        affine_rows(src + offset, y + offset, lines, g.line, head, head + g.table_line,
+                    head + 2 * g.table_line)
         offset += lines * g.line
         affine_rows(src + offset, y + offset, 1, (stop - first - lines * g.line_rows) * g.channels,
-                    head, head + g.line, head + 2 * g.line)
+                    head, head + g.table_line, head + 2 * g.table_line)
+        return
+    if g.activation == ACT_NONE and g.stream and GNCPU_STREAM_ROWS:
+        # the block as one run: a line's partial head and tail vectors would
+        # otherwise mix ordinary and streaming stores in one cache line
+        offset = (n * g.rows + first) * g.channels
+        affine_stream_rows(src + offset, y + offset, (stop - first) * g.channels, g.line, head,
+                           head + g.table_line, head + 2 * g.table_line)
         return
     for k in range((stop - first + g.line_rows - 1) // g.line_rows):
         r = first + k * g.line_rows
         offset = (n * g.rows + r) * g.channels
         affine_table(src + offset, y + offset, min(g.line_rows, stop - r) * g.channels, head,
-                     head + g.line, head + 2 * g.line, g.activation, g.stream)
+                     head + g.table_line, head + 2 * g.table_line, g.activation, g.stream)
 
 
 cdef inline void apply_block_by_group(const real* src, real* y, const real* weight,
@@ -314,8 +339,8 @@ cdef inline void apply_block_by_group(const real* src, real* y, const real* weig
                                 g.stats[2 * p], g.stats[2 * p + 1], weight, bias, ch,
                                 g.activation)
             else:
-                affine_table(src + offset, y + offset, cpg, head + ch, head + g.line + ch,
-                             head + 2 * g.line + ch, g.activation, g.stream)
+                affine_table(src + offset, y + offset, cpg, head + ch, head + g.table_line + ch,
+                             head + 2 * g.table_line + ch, g.activation, g.stream)
 
 
 cdef inline void nhwc_thread(const real* x, real* y, const real* skip, real* buf,
@@ -386,7 +411,7 @@ cdef int run_nhwc(const real* x, real* y, const real* skip, real* buf, const rea
     depend on the thread count."""
     cdef int failed = 0
     cdef Moments* parts = <Moments*>malloc(n * g.blocks_per_sample * g.groups * sizeof(Moments))
-    cdef real* table = <real*>malloc(n * 3 * g.line * sizeof(real))
+    cdef real* table = <real*>malloc(n * 3 * g.table_line * sizeof(real))
     g.exact = <unsigned char*>malloc(n * g.groups)
     g.stats = <double*>malloc(n * g.groups * 2 * sizeof(double))
     if parts != NULL and table != NULL and g.exact != NULL and g.stats != NULL:
