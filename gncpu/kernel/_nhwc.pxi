@@ -98,6 +98,17 @@ cdef inline void line_run_sums(const real* x, Py_ssize_t lines, Py_ssize_t width
         lane_sums(x + (lines - 1) * width, width, centre, acc_d, acc_dd)
 
 
+cdef inline void flush_sums(real* acc_d, real* acc_dd, double* sum_d, double* sum_dd,
+                            Py_ssize_t n) noexcept nogil:
+    """Add the working-precision sums into the float64 ones and reset them."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        sum_d[j] += acc_d[j]
+        sum_dd[j] += acc_dd[j]
+        acc_d[j] = 0
+        acc_dd[j] = 0
+
+
 cdef inline void channel_sums(const real* x, Py_ssize_t rows, GroupsNHWC* g, real* centre,
                               real* acc_d, real* acc_dd, double* sum_d,
                               double* sum_dd) noexcept nogil:
@@ -112,7 +123,7 @@ cdef inline void channel_sums(const real* x, Py_ssize_t rows, GroupsNHWC* g, rea
     once per ~64K elements). The line's replicas fold in float64 at the end."""
     cdef Py_ssize_t nc = g.channels, width = g.line
     cdef Py_ssize_t lines = rows // g.line_rows
-    cdef Py_ssize_t r, k, j, lanes, start, count, tail
+    cdef Py_ssize_t r, k, j, lanes, start, tail
     cdef const real* row
     cdef real local[LANES]   # a local array cannot alias x: this loop vectorizes
     # offsets of the 8 rows spread over the block
@@ -132,27 +143,18 @@ cdef inline void channel_sums(const real* x, Py_ssize_t rows, GroupsNHWC* g, rea
     for j in range(nc, width):
         centre[j] = centre[j - nc]
     for j in range(width):
+        acc_d[j] = 0
+        acc_dd[j] = 0
         sum_d[j] = 0
         sum_dd[j] = 0
     for k in range((lines + SUB_LINES - 1) // SUB_LINES):
         start = k * SUB_LINES
-        count = min(<Py_ssize_t>SUB_LINES, lines - start)
-        for j in range(width):
-            acc_d[j] = 0
-            acc_dd[j] = 0
-        line_run_sums(x + start * width, count, width, centre, acc_d, acc_dd)
-        for j in range(width):
-            sum_d[j] += acc_d[j]
-            sum_dd[j] += acc_dd[j]
+        line_run_sums(x + start * width, min(<Py_ssize_t>SUB_LINES, lines - start), width, centre,
+                      acc_d, acc_dd)
+        flush_sums(acc_d, acc_dd, sum_d, sum_dd, width)
     tail = (rows - lines * g.line_rows) * nc   # a last, partial line
-    if tail > 0:
-        for j in range(tail):
-            acc_d[j] = 0
-            acc_dd[j] = 0
-        lane_sums(x + lines * width, tail, centre, acc_d, acc_dd)
-        for j in range(tail):
-            sum_d[j] += acc_d[j]
-            sum_dd[j] += acc_dd[j]
+    lane_sums(x + lines * width, tail, centre, acc_d, acc_dd)
+    flush_sums(acc_d, acc_dd, sum_d, sum_dd, tail)
     for r in range(1, g.line_rows):  # fold the line's replicas, in order
         for j in range(nc):
             sum_d[j] += sum_d[r * nc + j]
@@ -284,40 +286,41 @@ cdef inline void affine_stream_rows(const real* x, real* y, Py_ssize_t n, Py_ssi
 
 
 cdef inline void apply_block(const real* src, real* y, const real* weight, const real* bias,
-                             Py_ssize_t b, GroupsNHWC* g, const real* table) noexcept nogil:
-    """Normalize one block of rows in memory order, a line at a time, with
-    the sample's per-lane coefficients (3 lines in `table`, L1-resident)."""
-    cdef Py_ssize_t n = b // g.blocks_per_sample
-    cdef Py_ssize_t first = (b % g.blocks_per_sample) * g.block_rows
+                             Py_ssize_t blk, GroupsNHWC* g, const real* table) noexcept nogil:
+    """Normalize one block of rows in memory order with the sample's per-lane
+    coefficients (3 lines in `table`, L1-resident). Without activation, the
+    block is one vector loop (_runs.h) or, stored past the cache, one
+    streamed run (_stream.h); otherwise a line at a time (affine_table)."""
+    cdef Py_ssize_t n = blk // g.blocks_per_sample
+    cdef Py_ssize_t first = (blk % g.blocks_per_sample) * g.block_rows
     cdef Py_ssize_t stop = min(first + g.block_rows, g.rows)
-    cdef Py_ssize_t k, r, offset
+    cdef Py_ssize_t k, r
+    cdef Py_ssize_t offset = (n * g.rows + first) * g.channels
     cdef const real* head = table + (n * 3) * g.table_line
+    cdef const real* a = head + g.table_line
+    cdef const real* b = a + g.table_line
     cdef Py_ssize_t lines = (stop - first) // g.line_rows
     for k in range(g.groups):
         if g.exact[n * g.groups + k]:
             apply_block_by_group(src, y, weight, bias, n, first, stop, g, head)
             return
-    if GNCPU_HAVE_VECTOR_RUNS and g.activation == ACT_NONE and not (g.stream and GNCPU_HAVE_STREAM):
-        # whole lines in one call, then the sample's last, partial line
-        offset = (n * g.rows + first) * g.channels
-        affine_rows(src + offset, y + offset, lines, g.line, head, head + g.table_line,
-                    head + 2 * g.table_line)
-        offset += lines * g.line
-        affine_rows(src + offset, y + offset, 1, (stop - first - lines * g.line_rows) * g.channels,
-                    head, head + g.table_line, head + 2 * g.table_line)
-        return
-    if g.activation == ACT_NONE and g.stream and GNCPU_STREAM_ROWS:
-        # the block as one run: a line's partial head and tail vectors would
-        # otherwise mix ordinary and streaming stores in one cache line
-        offset = (n * g.rows + first) * g.channels
-        affine_stream_rows(src + offset, y + offset, (stop - first) * g.channels, g.line, head,
-                           head + g.table_line, head + 2 * g.table_line)
-        return
+    if g.activation == ACT_NONE:
+        if g.stream and GNCPU_STREAM_ROWS:
+            # one run: per line, each line's partial head and tail vectors
+            # would mix ordinary and streaming stores in one cache line
+            affine_stream_rows(src + offset, y + offset, (stop - first) * g.channels, g.line,
+                               head, a, b)
+            return
+        if GNCPU_HAVE_VECTOR_RUNS and not (g.stream and GNCPU_HAVE_STREAM):
+            # whole lines, then the sample's last, partial line
+            affine_rows(src + offset, y + offset, lines, g.line, head, a, b)
+            affine_rows(src + offset + lines * g.line, y + offset + lines * g.line, 1,
+                        (stop - first - lines * g.line_rows) * g.channels, head, a, b)
+            return
     for k in range((stop - first + g.line_rows - 1) // g.line_rows):
         r = first + k * g.line_rows
-        offset = (n * g.rows + r) * g.channels
-        affine_table(src + offset, y + offset, min(g.line_rows, stop - r) * g.channels, head,
-                     head + g.table_line, head + 2 * g.table_line, g.activation, g.stream)
+        affine_table(src + offset + k * g.line, y + offset + k * g.line,
+                     min(g.line_rows, stop - r) * g.channels, head, a, b, g.activation, g.stream)
 
 
 cdef inline void apply_block_by_group(const real* src, real* y, const real* weight,

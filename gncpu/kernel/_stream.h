@@ -127,7 +127,7 @@ GN_DEFINE_AFFINE_STREAM_ROWS(gn_affine_stream_rows_f64, double, F64)
 
 /* Whether the NHWC plan uses it: with SSE2's 16-byte vectors the wrap test
  * per vector cost more than the split lines saved (1.02-1.09x the per-line
- * calls' time, Zen 4); AVX2 and AVX-512 took 0.87-0.99x. */
+ * calls' time, Zen 4); AVX2 and AVX-512 took 0.80-0.99x. */
 #define GNCPU_STREAM_ROWS (GN_STREAM_BYTES >= 32)
 
 static inline void gn_store_fence(void) { _mm_sfence(); }
